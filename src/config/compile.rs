@@ -1,0 +1,695 @@
+//! Compile step: validates a [`RawConfig`] and builds the runtime model.
+//!
+//! It collects *every* problem with its YAML path instead of stopping at the first, so an
+//! operator fixes a broken file in one round. It builds nothing that touches the network
+//! except name resolution of upstream targets (blocking, but only at load time).
+
+use super::raw::{
+    Balance, HashOn, HealthKind, Method, RawConfig, RawListener, RawRoute, RawUpstream,
+};
+use super::{Config, Issue, Limits, Listener, ListenerTls, ProcessSettings, Snapshot};
+use crate::clientip::{Cidr, CidrSet};
+use crate::route::normalize::{normalize_host, normalize_path};
+use crate::route::{HostSpec, PathSpec, Route, Router, ALL_METHODS};
+use crate::upstream::{HashKey, HealthSettings, Pool, PoolSpec, Timeouts, UpstreamTls};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
+struct Ctx<'a> {
+    issues: Vec<Issue>,
+    base: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(Issue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn file(&mut self, path: &str, value: &str) -> Option<PathBuf> {
+        let p = self.base.join(value);
+        match std::fs::File::open(&p) {
+            Ok(_) => Some(p),
+            Err(e) => {
+                self.err(path, format!("cannot read {}: {e}", p.display()));
+                None
+            }
+        }
+    }
+}
+
+pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
+    let mut cx = Ctx {
+        issues: Vec::new(),
+        base,
+    };
+    let process = process_settings(&mut cx, raw);
+    let trusted = trusted_proxies(&mut cx, raw);
+    let limits = limits(&mut cx, raw);
+    reserved_sections(&mut cx, raw);
+    let pools = pools(&mut cx, raw);
+    let router = routes(&mut cx, &raw.routes, &pools);
+    if !cx.issues.is_empty() {
+        return Err(cx.issues);
+    }
+    Ok(Config {
+        process,
+        snapshot: Snapshot {
+            generation: 0,
+            router,
+            pools,
+            trusted_proxies: trusted,
+            limits,
+        },
+    })
+}
+
+fn process_settings(cx: &mut Ctx, raw: &RawConfig) -> ProcessSettings {
+    let s = &raw.server;
+    let mut listeners = Vec::new();
+    let mut seen = HashSet::new();
+    if s.listen.is_empty() {
+        cx.err("server.listen", "at least one listener is required");
+    }
+    for (i, l) in s.listen.iter().enumerate() {
+        let path = format!("server.listen[{i}]");
+        if let Some(listener) = listener(cx, &path, l) {
+            if !seen.insert(listener.addr) {
+                cx.err(
+                    format!("{path}.addr"),
+                    format!("duplicate listener {}", l.addr),
+                );
+            }
+            listeners.push(listener);
+        }
+    }
+    let admin_str = s.admin.as_deref().unwrap_or(DEFAULT_ADMIN);
+    let admin = match admin_str.parse::<SocketAddr>() {
+        Ok(a) => {
+            if listeners.iter().any(|l| l.addr.port() == a.port()) {
+                cx.err(
+                    "server.admin",
+                    format!("admin address {a} shares a port with a proxy listener; the admin endpoint must never be reachable on a public listener"),
+                );
+            }
+            a
+        }
+        Err(_) => {
+            cx.err(
+                "server.admin",
+                format!("invalid address {admin_str:?}: expected ip:port like \"127.0.0.1:9100\""),
+            );
+            DEFAULT_ADMIN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9100)))
+        }
+    };
+    let threads = match s.threads {
+        Some(0) => {
+            cx.err("server.threads", "must be at least 1");
+            1
+        }
+        Some(n) if n > 1024 => {
+            cx.err("server.threads", "must be at most 1024");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    ProcessSettings {
+        listeners,
+        admin,
+        threads,
+        pid_file: s
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| "/tmp/portcullis.pid".into()),
+        upgrade_sock: s
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| "/tmp/portcullis_upgrade.sock".into()),
+        grace_period: s.grace_period.map_or(Duration::from_secs(30), |d| d.0),
+        graceful_shutdown_timeout: s
+            .graceful_shutdown_timeout
+            .map_or(Duration::from_secs(5), |d| d.0),
+    }
+}
+
+fn listener(cx: &mut Ctx, path: &str, l: &RawListener) -> Option<Listener> {
+    let addr = match l.addr.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.err(
+                format!("{path}.addr"),
+                format!(
+                    "invalid address {:?}: expected ip:port like \"0.0.0.0:8080\"",
+                    l.addr
+                ),
+            );
+            None
+        }
+    };
+    let tls = l.tls.as_ref().and_then(|t| {
+        let cert = cx.file(&format!("{path}.tls.cert"), &t.cert);
+        let key = cx.file(&format!("{path}.tls.key"), &t.key);
+        Some(ListenerTls {
+            cert: cert?,
+            key: key?,
+        })
+    });
+    if l.tls.is_some() && tls.is_none() {
+        return None;
+    }
+    Some(Listener { addr: addr?, tls })
+}
+
+fn trusted_proxies(cx: &mut Ctx, raw: &RawConfig) -> CidrSet {
+    let mut v = Vec::new();
+    for (i, c) in raw.server.trusted_proxies.iter().enumerate() {
+        match Cidr::parse(c) {
+            Ok(c) => v.push(c),
+            Err(e) => cx.err(format!("server.trusted_proxies[{i}]"), e),
+        }
+    }
+    CidrSet::new(v)
+}
+
+fn limits(cx: &mut Ctx, raw: &RawConfig) -> Limits {
+    let l = &raw.server.limits;
+    let max_header_bytes = l
+        .max_header_bytes
+        .map_or(DEFAULT_MAX_HEADER_BYTES as u64, |s| s.0);
+    if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+        cx.err(
+            "server.limits.max_header_bytes",
+            "must be between 1KiB and 1MiB",
+        );
+    }
+    let max_headers = l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
+    if !(1..=1000).contains(&max_headers) {
+        cx.err("server.limits.max_headers", "must be between 1 and 1000");
+    }
+    Limits {
+        max_header_bytes: max_header_bytes as usize,
+        max_headers,
+        max_body_bytes: l.max_body_bytes.map_or(DEFAULT_MAX_BODY_BYTES, |s| s.0),
+    }
+}
+
+fn reserved_sections(cx: &mut Ctx, raw: &RawConfig) {
+    for name in raw.authenticators.keys() {
+        cx.err(
+            format!("authenticators.{name}"),
+            "authenticators are not supported by this version yet",
+        );
+    }
+    for name in raw.rate_limits.keys() {
+        cx.err(
+            format!("rate_limits.{name}"),
+            "rate limits are not supported by this version yet",
+        );
+    }
+    if raw.audit.is_some() {
+        cx.err(
+            "audit",
+            "the audit trail is not supported by this version yet",
+        );
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn pools(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, Arc<Pool>> {
+    let mut out = BTreeMap::new();
+    for (name, u) in &raw.upstreams {
+        let path = format!("upstreams.{name}");
+        if !valid_name(name) {
+            cx.err(
+                &path,
+                "upstream names use letters, digits, '-', '_' or '.' (at most 64)",
+            );
+            continue;
+        }
+        if let Some(spec) = pool_spec(cx, &path, name, u) {
+            out.insert(name.clone(), Arc::new(Pool::build(spec)));
+        }
+    }
+    out
+}
+
+fn pool_spec(cx: &mut Ctx, path: &str, name: &str, u: &RawUpstream) -> Option<PoolSpec> {
+    let before = cx.issues.len();
+    if u.targets.is_empty() {
+        cx.err(format!("{path}.targets"), "at least one target is required");
+    }
+    let mut targets = Vec::new();
+    for (i, t) in u.targets.iter().enumerate() {
+        let tpath = format!("{path}.targets[{i}]");
+        let weight = t.weight.unwrap_or(1);
+        if !(1..=1000).contains(&weight) {
+            cx.err(format!("{tpath}.weight"), "must be between 1 and 1000");
+        }
+        let addr = match t.addr.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            // Names are resolved once, here; the first address is used.
+            Err(_) => match t.addr.to_socket_addrs() {
+                Ok(mut it) => it.next(),
+                Err(_) => None,
+            },
+        };
+        match addr {
+            Some(a) if targets.iter().any(|(x, _)| *x == a) => {
+                cx.err(&tpath, format!("duplicate target {}", t.addr))
+            }
+            Some(a) => targets.push((a, weight as usize)),
+            None => cx.err(
+                &tpath,
+                format!("cannot resolve target {:?}: expected host:port", t.addr),
+            ),
+        }
+    }
+    let hash_key = match (u.balance, u.hash_on, &u.hash_header) {
+        (Balance::ConsistentHash, None | Some(HashOn::ClientIp), None) => HashKey::ClientIp,
+        (Balance::ConsistentHash, Some(HashOn::Path), None) => HashKey::Path,
+        (Balance::ConsistentHash, Some(HashOn::Header), Some(h)) => {
+            match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(h) => HashKey::Header(h),
+                Err(_) => {
+                    cx.err(
+                        format!("{path}.hash_header"),
+                        format!("invalid header name {h:?}"),
+                    );
+                    HashKey::ClientIp
+                }
+            }
+        }
+        (Balance::ConsistentHash, Some(HashOn::Header), None) => {
+            cx.err(
+                format!("{path}.hash_header"),
+                "required when hash_on is header",
+            );
+            HashKey::ClientIp
+        }
+        (Balance::ConsistentHash, Some(_), Some(_)) => {
+            cx.err(
+                format!("{path}.hash_header"),
+                "only used when hash_on is header",
+            );
+            HashKey::ClientIp
+        }
+        (_, None, None) => HashKey::ClientIp,
+        (_, _, _) => {
+            cx.err(
+                format!("{path}.hash_on"),
+                "hash_on and hash_header are only used with balance: consistent_hash",
+            );
+            HashKey::ClientIp
+        }
+    };
+    let t = &u.timeouts;
+    let d = Timeouts::default();
+    let timeouts = Timeouts {
+        connect: t.connect.map_or(d.connect, |x| x.0),
+        read: t.read.map_or(d.read, |x| x.0),
+        write: t.write.map_or(d.write, |x| x.0),
+        idle: t.idle.map_or(d.idle, |x| x.0),
+    };
+    for (field, v) in [
+        ("connect", timeouts.connect),
+        ("read", timeouts.read),
+        ("write", timeouts.write),
+        ("idle", timeouts.idle),
+    ] {
+        if v.is_zero() {
+            cx.err(format!("{path}.timeouts.{field}"), "must be greater than 0");
+        }
+    }
+    let retries = u.retries.unwrap_or(1);
+    if retries > 10 {
+        cx.err(format!("{path}.retries"), "must be at most 10");
+    }
+    let tls = u.tls.as_ref().and_then(|t| {
+        if t.sni.is_empty() || normalize_host(t.sni.as_bytes()).is_err() {
+            cx.err(
+                format!("{path}.tls.sni"),
+                format!("invalid server name {:?}", t.sni),
+            );
+        }
+        let ca = match &t.ca_file {
+            None => None,
+            Some(f) => {
+                let fpath = format!("{path}.tls.ca_file");
+                let file = cx.file(&fpath, f)?;
+                let pem = match std::fs::read(&file) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        cx.err(&fpath, format!("cannot read {}: {e}", file.display()));
+                        return None;
+                    }
+                };
+                match pingora::tls::x509::X509::stack_from_pem(&pem) {
+                    Ok(certs) if !certs.is_empty() => Some(Arc::new(certs.into_boxed_slice())),
+                    _ => {
+                        cx.err(
+                            &fpath,
+                            format!("{} holds no PEM certificate", file.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(UpstreamTls {
+            sni: t.sni.clone(),
+            verify: t.verify.unwrap_or(true),
+            ca,
+        })
+    });
+    let health = u.health_check.as_ref().map(|h| {
+        let hp = format!("{path}.health_check");
+        let hpath = h.path.clone().unwrap_or_else(|| "/healthz".into());
+        if h.kind == HealthKind::Http
+            && (!hpath.starts_with('/') || hpath.parse::<http::Uri>().is_err())
+        {
+            cx.err(format!("{hp}.path"), format!("invalid path {hpath:?}"));
+        }
+        if h.kind == HealthKind::Tcp && (h.path.is_some() || h.host.is_some()) {
+            cx.err(&hp, "path and host are only used with type: http");
+        }
+        let interval = h.interval.map_or(Duration::from_secs(5), |d| d.0);
+        if interval < Duration::from_millis(100) {
+            cx.err(format!("{hp}.interval"), "must be at least 100ms");
+        }
+        let timeout = h.timeout.map_or(Duration::from_secs(1), |d| d.0);
+        if timeout.is_zero() {
+            cx.err(format!("{hp}.timeout"), "must be greater than 0");
+        }
+        let healthy_threshold = h.healthy_threshold.unwrap_or(1);
+        let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(1);
+        for (f, v) in [
+            ("healthy_threshold", healthy_threshold),
+            ("unhealthy_threshold", unhealthy_threshold),
+        ] {
+            if !(1..=100).contains(&v) {
+                cx.err(format!("{hp}.{f}"), "must be between 1 and 100");
+            }
+        }
+        HealthSettings {
+            kind: h.kind,
+            path: hpath,
+            host: h.host.clone().unwrap_or_else(|| "localhost".into()),
+            interval,
+            timeout,
+            healthy_threshold,
+            unhealthy_threshold,
+        }
+    });
+    if cx.issues.len() != before {
+        return None;
+    }
+    Some(PoolSpec {
+        name: name.to_string(),
+        targets,
+        balance: u.balance,
+        hash_key,
+        timeouts,
+        retries,
+        tls,
+        health,
+    })
+}
+
+fn host_spec(cx: &mut Ctx, path: &str, h: &str) -> Option<HostSpec> {
+    if let Some(rest) = h.strip_prefix("*.") {
+        match normalize_host(rest.as_bytes()) {
+            Ok(n) if n == rest && !rest.contains('*') && !rest.contains(':') => {
+                return Some(HostSpec::Wildcard(format!(".{n}")))
+            }
+            _ => {}
+        }
+    } else if let Ok(n) = normalize_host(h.as_bytes()) {
+        if n == h && !h.contains(':') || (h.starts_with('[') && n == h) {
+            return Some(HostSpec::Exact(n));
+        }
+    }
+    cx.err(
+        path,
+        format!("invalid host {h:?}: use a lower-case name without port, or \"*.example.com\""),
+    );
+    None
+}
+
+fn path_spec(cx: &mut Ctx, path: &str, p: &str, prefix: bool) -> Option<String> {
+    match normalize_path(p.as_bytes()) {
+        Ok(n) if n == p && !p.contains('?') => {
+            // Stored without a trailing slash; matching treats `/a` and `/a/` alike.
+            let s = if p.len() > 1 {
+                p.trim_end_matches('/').to_string()
+            } else {
+                p.to_string()
+            };
+            let _ = prefix;
+            Some(s)
+        }
+        Ok(n) => {
+            cx.err(
+                path,
+                format!("path {p:?} is not in normal form (did you mean {n:?}?)"),
+            );
+            None
+        }
+        Err(e) => {
+            cx.err(path, format!("invalid path {p:?}: {e}"));
+            None
+        }
+    }
+}
+
+fn routes(cx: &mut Ctx, raw: &[RawRoute], pools: &BTreeMap<String, Arc<Pool>>) -> Router {
+    let mut router = Router::default();
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    // (host, path) → [(route index, id, methods)] to detect overlaps.
+    let mut groups: HashMap<(HostSpec, PathSpec), Vec<(usize, String, u8)>> = HashMap::new();
+    for (i, r) in raw.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let before = cx.issues.len();
+        if !valid_name(&r.id) {
+            cx.err(
+                format!("{path}.id"),
+                format!(
+                    "invalid route id {:?}: letters, digits, '-', '_' or '.' (at most 64)",
+                    r.id
+                ),
+            );
+        } else if let Some(prev) = ids.insert(&r.id, i) {
+            cx.err(
+                format!("{path}.id"),
+                format!("duplicate route id {:?} (also routes[{prev}])", r.id),
+            );
+        }
+        let pool = pools.get(&r.upstream).cloned();
+        if pool.is_none() {
+            cx.err(
+                format!("{path}.upstream"),
+                format!("unknown upstream {:?}", r.upstream),
+            );
+        }
+        match (r.public, r.authn.is_empty()) {
+            (true, false) => cx.err(
+                format!("{path}.public"),
+                "a route is either public or has authn, not both",
+            ),
+            (false, true) => cx.err(
+                &path,
+                "route must name authenticators in authn or say public: true (default deny)",
+            ),
+            _ => {}
+        }
+        for (j, a) in r.authn.iter().enumerate() {
+            cx.err(
+                format!("{path}.authn[{j}]"),
+                format!("unknown authenticator {a:?}: authentication is not supported by this version yet"),
+            );
+        }
+        let m = &r.matcher;
+        let pspec = match (&m.path, &m.path_prefix) {
+            (Some(p), None) => {
+                path_spec(cx, &format!("{path}.match.path"), p, false).map(PathSpec::Exact)
+            }
+            (None, Some(p)) => {
+                path_spec(cx, &format!("{path}.match.path_prefix"), p, true).map(PathSpec::Prefix)
+            }
+            (Some(_), Some(_)) => {
+                cx.err(
+                    format!("{path}.match"),
+                    "use either path or path_prefix, not both",
+                );
+                None
+            }
+            (None, None) => {
+                cx.err(
+                    format!("{path}.match"),
+                    "one of path or path_prefix is required (use path_prefix: / for everything)",
+                );
+                None
+            }
+        };
+        if r.strip_prefix && m.path_prefix.is_none() {
+            cx.err(format!("{path}.strip_prefix"), "requires match.path_prefix");
+        }
+        let mut hosts = Vec::new();
+        for (j, h) in m.hosts.iter().enumerate() {
+            if let Some(hs) = host_spec(cx, &format!("{path}.match.hosts[{j}]"), h) {
+                if hosts.contains(&hs) {
+                    cx.err(
+                        format!("{path}.match.hosts[{j}]"),
+                        format!("duplicate host {h:?}"),
+                    );
+                }
+                hosts.push(hs);
+            }
+        }
+        if hosts.is_empty() {
+            hosts.push(HostSpec::Any);
+        }
+        let methods = if m.methods.is_empty() {
+            ALL_METHODS
+        } else {
+            m.methods.iter().fold(0u8, |acc, m: &Method| acc | m.bit())
+        };
+        if cx.issues.len() != before {
+            continue;
+        }
+        let (Some(pool), Some(pspec)) = (pool, pspec) else {
+            continue;
+        };
+        let strip_prefix = match (&pspec, r.strip_prefix) {
+            (PathSpec::Prefix(p), true) => Some(p.clone()),
+            _ => None,
+        };
+        let route = Arc::new(Route {
+            id: r.id.as_str().into(),
+            pool,
+            public: r.public,
+            strip_prefix,
+            methods,
+        });
+        for h in &hosts {
+            let key = (h.clone(), pspec.clone());
+            let group = groups.entry(key).or_default();
+            if let Some((j, other, _)) = group.iter().find(|(_, _, om)| om & methods != 0) {
+                cx.err(
+                    format!("{path}.match"),
+                    format!(
+                        "overlaps route {other:?} (routes[{j}]): same host, path and method; the winner would be ambiguous"
+                    ),
+                );
+                continue;
+            }
+            group.push((i, r.id.clone(), methods));
+            router.insert(h, &pspec, route.clone());
+        }
+    }
+    router
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match super::super::load_str(yaml, Path::new(".")) {
+            Ok(_) => vec![],
+            Err(e) => e.lines(),
+        }
+    }
+
+    const BASE: &str = r#"
+server:
+  listen: [{ addr: "127.0.0.1:18080" }]
+upstreams:
+  orders: { targets: ["127.0.0.1:9001"] }
+"#;
+
+    #[test]
+    fn minimal_config_compiles() {
+        let y = format!("{BASE}routes:\n  - {{ id: a, match: {{ path_prefix: / }}, upstream: orders, public: true }}\n");
+        assert!(errors(&y).is_empty(), "{:?}", errors(&y));
+    }
+
+    #[test]
+    fn collects_all_errors_with_paths() {
+        let y = format!(
+            r#"{BASE}routes:
+  - {{ id: a, match: {{ path_prefix: /a }}, upstream: ordrs, public: true }}
+  - {{ id: a, match: {{ path_prefix: /b }}, upstream: orders, public: true }}
+  - {{ id: c, match: {{ path_prefix: /c }}, upstream: orders }}
+  - {{ id: d, match: {{ path: /d/../e }}, upstream: orders, public: true }}
+  - {{ id: e, match: {{ path_prefix: /e, hosts: ["Bad Host"] }}, upstream: orders, public: true }}
+"#
+        );
+        let e = errors(&y);
+        let want = [
+            "routes[0].upstream: unknown upstream \"ordrs\"",
+            "routes[1].id: duplicate route id \"a\" (also routes[0])",
+            "routes[2]: route must name authenticators in authn or say public: true (default deny)",
+            "routes[3].match.path: path \"/d/../e\" is not in normal form (did you mean \"/e\"?)",
+            "routes[4].match.hosts[0]: invalid host",
+        ];
+        for w in want {
+            assert!(
+                e.iter().any(|l| l.starts_with(w)),
+                "missing {w:?} in {e:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn overlapping_routes_are_rejected() {
+        let y = format!(
+            r#"{BASE}routes:
+  - {{ id: a, match: {{ path_prefix: /a, methods: [GET] }}, upstream: orders, public: true }}
+  - {{ id: b, match: {{ path_prefix: /a/, methods: [POST] }}, upstream: orders, public: true }}
+  - {{ id: c, match: {{ path_prefix: /a }}, upstream: orders, public: true }}
+"#
+        );
+        let e = errors(&y);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("routes[2].match: overlaps route \"a\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_paths() {
+        let y =
+            "server:\n  listen: [{ addr: \"127.0.0.1:1\" }]\n  limits: { max_body_bytes: 10XB }\n";
+        let e = errors(y);
+        assert!(
+            e[0].starts_with("server.limits.max_body_bytes: invalid size"),
+            "{e:?}"
+        );
+        let y = "server:\n  listen: [{ addr: \"127.0.0.1:1\", tls_: 1 }]\n";
+        let e = errors(y);
+        assert!(
+            e[0].starts_with("server.listen[0]: unknown field `tls_`"),
+            "{e:?}"
+        );
+    }
+}

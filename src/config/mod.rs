@@ -1,0 +1,126 @@
+//! Configuration: raw YAML structs → compile/validate → immutable [`Snapshot`].
+//!
+//! `load` is the one entry point, used by `portcullis check`, `portcullis run` and (later)
+//! reloads. It never panics: every problem becomes a [`ConfigError`] whose lines are
+//! `yaml.path: message`, like `routes[3].upstream: unknown upstream "ordrs"`.
+
+pub mod compile;
+pub mod raw;
+pub mod units;
+
+use crate::clientip::CidrSet;
+use crate::route::Router;
+use crate::upstream::Pool;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// One validation problem, located by its YAML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// YAML syntax, unknown field, wrong type or bad value: serde stops at the first one.
+    #[error("{0}")]
+    Syntax(String),
+    /// Semantic problems: all of them, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Issue>),
+}
+
+impl ConfigError {
+    /// Every problem as its own line, for `check` output and logs.
+    pub fn lines(&self) -> Vec<String> {
+        self.to_string().lines().map(str::to_string).collect()
+    }
+}
+
+/// A TLS listener's files, already checked to be readable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<ListenerTls>,
+}
+
+/// Settings that need new sockets or a new process to change; read once at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSettings {
+    pub listeners: Vec<Listener>,
+    pub admin: SocketAddr,
+    pub threads: usize,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+}
+
+/// The immutable runtime model. A request pins one `Arc<Snapshot>` for its whole life.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Set when the snapshot is published; 0 for a snapshot that was only checked.
+    pub generation: u64,
+    pub router: Router,
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    pub trusted_proxies: CidrSet,
+    pub limits: Limits,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub process: ProcessSettings,
+    pub snapshot: Snapshot,
+}
+
+/// Read, parse and compile a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_str(&text, base)
+}
+
+/// Parse and compile YAML text; relative file paths in it are resolved against `base`.
+pub fn load_str(text: &str, base: &Path) -> Result<Config, ConfigError> {
+    let raw = parse(text)?;
+    compile::compile(&raw, base).map_err(ConfigError::Invalid)
+}
+
+/// Parse YAML into the raw structs. serde_yaml_ng reports the YAML path of the failing node
+/// (`server.listen[0]: unknown field ...`) plus line and column.
+pub fn parse(text: &str) -> Result<raw::RawConfig, ConfigError> {
+    serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))
+}

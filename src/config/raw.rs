@@ -1,0 +1,281 @@
+//! Raw configuration: serde structs that mirror the YAML file exactly.
+//!
+//! Nothing here is trusted or cross-checked; `compile.rs` turns these into the runtime
+//! [`Snapshot`](super::Snapshot). Every struct denies unknown fields so a typo (`pth:`) is a
+//! config error with its path instead of a silently ignored setting. Security-relevant choices
+//! are enums, so an unknown value is a parse error too.
+
+use super::units::{ByteSize, DurationStr};
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// Reserved for the authentication issue; any entry is rejected until it lands.
+    #[serde(default)]
+    pub authenticators: BTreeMap<String, IgnoredAny>,
+    /// Reserved for the rate-limiting issue; any entry is rejected until it lands.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, IgnoredAny>,
+    /// Reserved for the audit issue; any value is rejected until it lands.
+    #[serde(default)]
+    pub audit: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Vec<RawListener>,
+    /// Admin listener for /metrics, /healthz, /readyz. Default `127.0.0.1:9100`.
+    pub admin: Option<String>,
+    /// Worker threads of the proxy service. Default: number of CPUs.
+    pub threads: Option<usize>,
+    /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
+    /// `X-Request-Id` are believed. Everyone else's are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    /// How long an old process keeps serving in-flight requests after SIGQUIT/SIGTERM.
+    pub grace_period: Option<DurationStr>,
+    /// Hard stop for the final shutdown of services after the grace period.
+    pub graceful_shutdown_timeout: Option<DurationStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub addr: String,
+    pub tls: Option<RawListenerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Request line plus all header names and values. Larger → 431.
+    pub max_header_bytes: Option<ByteSize>,
+    /// Number of request header fields. More → 431.
+    pub max_headers: Option<usize>,
+    /// Request body. Larger → 413 (declared `Content-Length` or counted chunked body).
+    pub max_body_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub targets: Vec<RawTarget>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// What `consistent_hash` hashes on. Default `client_ip`.
+    pub hash_on: Option<HashOn>,
+    /// Header name when `hash_on: header`.
+    pub hash_header: Option<String>,
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Extra attempts on *connect* failure, each to another healthy target. Default 1.
+    pub retries: Option<usize>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Random,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    ClientIp,
+    Header,
+    Path,
+}
+
+/// A target is either `"127.0.0.1:9001"` or `{ addr: "127.0.0.1:9001", weight: 3 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawTarget {
+    pub addr: String,
+    pub weight: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for RawTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTarget;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or { addr: \"host:port\", weight: N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTarget, E> {
+                Ok(RawTarget {
+                    addr: v.to_string(),
+                    weight: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawTarget, A::Error> {
+                let mut addr = None;
+                let mut weight = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "addr" => addr = Some(map.next_value::<String>()?),
+                        "weight" => weight = Some(map.next_value::<u64>()?),
+                        other => return Err(de::Error::unknown_field(other, &["addr", "weight"])),
+                    }
+                }
+                let addr = addr.ok_or_else(|| de::Error::missing_field("addr"))?;
+                Ok(RawTarget { addr, weight })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(rename = "type", default)]
+    pub kind: HealthKind,
+    /// Path for `type: http`. Default `/healthz`.
+    pub path: Option<String>,
+    /// Host header for `type: http`. Default `localhost`.
+    pub host: Option<String>,
+    pub interval: Option<DurationStr>,
+    pub timeout: Option<DurationStr>,
+    /// Consecutive successes to mark a target healthy again. Default 1.
+    pub healthy_threshold: Option<usize>,
+    /// Consecutive failures to mark a target unhealthy. Default 1.
+    pub unhealthy_threshold: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<DurationStr>,
+    pub read: Option<DurationStr>,
+    pub write: Option<DurationStr>,
+    /// How long an idle pooled upstream connection is kept.
+    pub idle: Option<DurationStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// Server name sent in SNI and checked against the certificate. Required.
+    pub sni: String,
+    /// Verify the certificate chain and host name. Default true.
+    pub verify: Option<bool>,
+    /// PEM bundle of CAs to trust instead of the system store.
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub id: String,
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    pub upstream: String,
+    /// Explicitly open route. Exactly one of `public: true` or a non-empty `authn` is required.
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub authn: Vec<String>,
+    /// Remove the matched `path_prefix` before forwarding (`/api/v1/x` → `/x`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<Method>,
+}
+
+/// HTTP methods a route may allow. `CONNECT` and `TRACE` are deliberately absent: a gateway
+/// never tunnels, and TRACE reflects credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+}
+
+impl Method {
+    pub const ALL: [Method; 7] = [
+        Method::Get,
+        Method::Head,
+        Method::Post,
+        Method::Put,
+        Method::Patch,
+        Method::Delete,
+        Method::Options,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+        }
+    }
+
+    pub fn from_http(m: &http::Method) -> Option<Method> {
+        Some(match *m {
+            http::Method::GET => Method::Get,
+            http::Method::HEAD => Method::Head,
+            http::Method::POST => Method::Post,
+            http::Method::PUT => Method::Put,
+            http::Method::PATCH => Method::Patch,
+            http::Method::DELETE => Method::Delete,
+            http::Method::OPTIONS => Method::Options,
+            _ => return None,
+        })
+    }
+
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}

@@ -1,0 +1,197 @@
+//! The one place where a gateway decision becomes an HTTP response.
+//!
+//! Every response Portcullis writes itself is JSON: `{"error": <stable code>, "message": ...,
+//! "request_id": ...}` (plus `detail` for path/host problems), with `Cache-Control: no-store`
+//! and `X-Request-Id`. Codes are part of the API (docs/errors.md) and double as metric
+//! `reason` labels; messages never contain internals (addresses, config, stack traces).
+
+use crate::route::normalize::{HostError, PathError};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use thiserror::Error;
+
+/// Why the gateway answered instead of the upstream.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Reject {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed { allow: u8 },
+    #[error("invalid request path: {0}")]
+    InvalidPath(PathError),
+    #[error("invalid host: {0}")]
+    InvalidHost(HostError),
+    #[error("request header section too large")]
+    HeadersTooLarge,
+    #[error("too many request header fields")]
+    TooManyHeaders,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("ambiguous message framing (Content-Length and Transfer-Encoding)")]
+    AmbiguousFraming,
+    #[error("no healthy upstream target")]
+    NoHealthyUpstream,
+    #[error("could not connect to the upstream")]
+    UpstreamConnect,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("the upstream failed")]
+    UpstreamError,
+    #[error("malformed request")]
+    BadRequest,
+}
+
+impl Reject {
+    pub fn status(&self) -> u16 {
+        match self {
+            Reject::NoRoute => 404,
+            Reject::MethodNotAllowed { .. } => 405,
+            Reject::InvalidPath(_)
+            | Reject::InvalidHost(_)
+            | Reject::AmbiguousFraming
+            | Reject::BadRequest => 400,
+            Reject::HeadersTooLarge | Reject::TooManyHeaders => 431,
+            Reject::BodyTooLarge => 413,
+            Reject::NoHealthyUpstream => 503,
+            Reject::UpstreamConnect | Reject::UpstreamError => 502,
+            Reject::UpstreamTimeout => 504,
+        }
+    }
+
+    /// Stable machine-readable code (also the metrics `reason` label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::NoRoute => "no_route",
+            Reject::MethodNotAllowed { .. } => "method_not_allowed",
+            Reject::InvalidPath(_) => "invalid_path",
+            Reject::InvalidHost(_) => "invalid_host",
+            Reject::HeadersTooLarge => "headers_too_large",
+            Reject::TooManyHeaders => "too_many_headers",
+            Reject::BodyTooLarge => "body_too_large",
+            Reject::AmbiguousFraming => "ambiguous_framing",
+            Reject::NoHealthyUpstream => "no_healthy_upstream",
+            Reject::UpstreamConnect => "upstream_connect_failed",
+            Reject::UpstreamTimeout => "upstream_timeout",
+            Reject::UpstreamError => "upstream_error",
+            Reject::BadRequest => "bad_request",
+        }
+    }
+
+    fn detail(&self) -> Option<&'static str> {
+        match self {
+            Reject::InvalidPath(e) => Some(e.code()),
+            Reject::InvalidHost(e) => Some(e.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection must be closed after answering: for malformed framing or
+    /// oversized input the rest of the byte stream cannot be trusted or is not worth reading.
+    fn close_connection(&self) -> bool {
+        matches!(
+            self,
+            Reject::AmbiguousFraming
+                | Reject::BadRequest
+                | Reject::HeadersTooLarge
+                | Reject::TooManyHeaders
+                | Reject::BodyTooLarge
+                | Reject::InvalidHost(_)
+        ) || self.status() >= 500
+    }
+}
+
+/// JSON-escape a string (only our own messages and ids go through here).
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+pub fn body(reject: &Reject, request_id: &str) -> String {
+    let mut b = String::with_capacity(128);
+    b.push_str("{\"error\":");
+    json_str(&mut b, reject.code());
+    b.push_str(",\"message\":");
+    json_str(&mut b, &reject.to_string());
+    if let Some(d) = reject.detail() {
+        b.push_str(",\"detail\":");
+        json_str(&mut b, d);
+    }
+    b.push_str(",\"request_id\":");
+    json_str(&mut b, request_id);
+    b.push('}');
+    b
+}
+
+/// Build the full response header for a rejection.
+pub fn response_header(
+    reject: &Reject,
+    request_id: &str,
+    body_len: usize,
+) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(reject.status(), Some(6))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body_len.to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    h.insert_header("x-request-id", request_id)?;
+    if let Reject::MethodNotAllowed { allow } = reject {
+        h.insert_header("allow", crate::route::allow_header(*allow))?;
+    }
+    if reject.close_connection() {
+        h.insert_header("connection", "close")?;
+    }
+    Ok(h)
+}
+
+/// Write the JSON error response for `reject`. Returns the status written.
+pub async fn respond(session: &mut Session, reject: &Reject, request_id: &str) -> Result<u16> {
+    let body = body(reject, request_id);
+    let header = response_header(reject, request_id, body.len())?;
+    if reject.close_connection() {
+        session.set_keepalive(None);
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    let payload = if head {
+        Bytes::new()
+    } else {
+        Bytes::from(body)
+    };
+    session.write_response_body(Some(payload), true).await?;
+    Ok(reject.status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_json_with_code_and_request_id() {
+        let b = body(&Reject::InvalidPath(PathError::EncodedSeparator), "abc\"1");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["error"], "invalid_path");
+        assert_eq!(v["detail"], "encoded_separator");
+        assert_eq!(v["request_id"], "abc\"1");
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(Reject::NoRoute.status(), 404);
+        assert_eq!(Reject::MethodNotAllowed { allow: 1 }.status(), 405);
+        assert_eq!(Reject::HeadersTooLarge.status(), 431);
+        assert_eq!(Reject::BodyTooLarge.status(), 413);
+        assert_eq!(Reject::UpstreamTimeout.status(), 504);
+        assert_eq!(Reject::NoHealthyUpstream.status(), 503);
+    }
+}

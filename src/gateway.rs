@@ -1,0 +1,278 @@
+//! Per-request admission: everything `request_filter` decides before a request may be proxied.
+//!
+//! Order matters and is fixed: request id and client IP (so every answer, even a 400, carries
+//! them) → size and framing limits → host → path normalisation → route. Later issues add
+//! authentication, authorization and rate limiting after the route is known. The function
+//! never writes a response itself; it returns a [`Reject`] for `error::respond` to render.
+
+use crate::clientip;
+use crate::config::raw::Method;
+use crate::config::Snapshot;
+use crate::error::Reject;
+use crate::route::normalize::{normalize_host, normalize_path, HostError, PathError};
+use crate::route::{Route, RouteMatch};
+use pingora::http::RequestHeader;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// State of one request, created in `new_ctx` with the snapshot pinned for its whole life.
+pub struct RequestCtx {
+    pub snapshot: Arc<Snapshot>,
+    pub start: Instant,
+    pub request_id: String,
+    pub peer_ip: Option<IpAddr>,
+    pub client_ip: Option<IpAddr>,
+    /// The TCP peer is in `server.trusted_proxies`.
+    pub peer_trusted: bool,
+    /// The downstream connection is TLS.
+    pub tls: bool,
+    pub host: String,
+    /// Normalised path (what routing saw and what the upstream gets, minus `strip_prefix`).
+    pub path: String,
+    /// Raw query string, forwarded unchanged.
+    pub query: Option<String>,
+    pub route: Option<Arc<Route>>,
+    /// Set when the gateway answered itself (or failed to proxy), for metrics.
+    pub reject: Option<Reject>,
+    /// Upstream targets already tried for this request (connect retries skip them).
+    pub tried: Vec<SocketAddr>,
+    pub target: Option<SocketAddr>,
+    /// Request body bytes seen so far (chunked bodies are counted against the limit).
+    pub body_bytes: u64,
+}
+
+impl RequestCtx {
+    pub fn new(snapshot: Arc<Snapshot>) -> RequestCtx {
+        RequestCtx {
+            snapshot,
+            start: Instant::now(),
+            request_id: String::new(),
+            peer_ip: None,
+            client_ip: None,
+            peer_trusted: false,
+            tls: false,
+            host: String::new(),
+            path: String::new(),
+            query: None,
+            route: None,
+            reject: None,
+            tried: Vec::new(),
+            target: None,
+            body_bytes: 0,
+        }
+    }
+
+    pub fn route_label(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| &r.id)
+    }
+}
+
+/// Connection facts the proxy hands to [`admit`] (kept separate so `admit` is testable
+/// without a live session).
+pub struct Conn {
+    pub peer: Option<IpAddr>,
+    pub tls: bool,
+}
+
+/// Identify the request (id, client IP). Runs first so even rejections carry both.
+pub fn identify(req: &RequestHeader, conn: &Conn, ctx: &mut RequestCtx) {
+    ctx.tls = conn.tls;
+    ctx.peer_ip = conn.peer;
+    if let Some(peer) = conn.peer {
+        let xff = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes());
+        let (client, trusted) = clientip::resolve(peer, &ctx.snapshot.trusted_proxies, xff);
+        ctx.client_ip = Some(client);
+        ctx.peer_trusted = trusted;
+    }
+    let incoming = req
+        .headers
+        .get("x-request-id")
+        .filter(|_| ctx.peer_trusted)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v));
+    ctx.request_id = match incoming {
+        Some(id) => id.to_string(),
+        None => new_request_id(),
+    };
+}
+
+fn valid_request_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// 128 random bits as 32 hex characters.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Decide whether the request may proceed to the upstream, and on which route.
+pub fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reject> {
+    let snapshot = ctx.snapshot.clone();
+    check_limits(req, &snapshot)?;
+    check_framing(req, snapshot.limits.max_body_bytes)?;
+    let (authority, path, query) = split_target(req.raw_path())?;
+    ctx.host = resolve_host(req, authority)?;
+    ctx.path = normalize_path(path).map_err(Reject::InvalidPath)?;
+    ctx.query = match query {
+        Some(q) => Some(
+            std::str::from_utf8(q)
+                .map_err(|_| Reject::InvalidPath(PathError::InvalidUtf8))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let method = Method::from_http(&req.method);
+    match snapshot.router.lookup(&ctx.host, &ctx.path, method) {
+        RouteMatch::Found(r) => {
+            ctx.route = Some(r.clone());
+            Ok(())
+        }
+        RouteMatch::NoRoute => Err(Reject::NoRoute),
+        RouteMatch::MethodNotAllowed(allow) => Err(Reject::MethodNotAllowed { allow }),
+    }
+}
+
+fn check_limits(req: &RequestHeader, s: &Snapshot) -> Result<(), Reject> {
+    if req.headers.len() > s.limits.max_headers {
+        return Err(Reject::TooManyHeaders);
+    }
+    // Request line plus "name: value\r\n" for every field.
+    let mut size = req.method.as_str().len() + req.raw_path().len() + 12;
+    for (k, v) in req.headers.iter() {
+        size += k.as_str().len() + v.len() + 4;
+    }
+    if size > s.limits.max_header_bytes {
+        return Err(Reject::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// Reject ambiguous body framing ourselves: Pingora accepts `Content-Length` together with
+/// `Transfer-Encoding` (TE wins), which is the classic request-smuggling setup.
+fn check_framing(req: &RequestHeader, max_body: u64) -> Result<(), Reject> {
+    let te: Vec<_> = req.headers.get_all("transfer-encoding").iter().collect();
+    let cl: Vec<_> = req.headers.get_all("content-length").iter().collect();
+    if !te.is_empty() {
+        if !cl.is_empty() || req.version == http::Version::HTTP_10 || te.len() > 1 {
+            return Err(Reject::AmbiguousFraming);
+        }
+        if !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(Reject::AmbiguousFraming);
+        }
+    }
+    match cl.as_slice() {
+        [] => Ok(()),
+        [one] => {
+            let s = one.to_str().map_err(|_| Reject::AmbiguousFraming)?;
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Reject::AmbiguousFraming);
+            }
+            match s.parse::<u64>() {
+                Ok(n) if n <= max_body => Ok(()),
+                _ => Err(Reject::BodyTooLarge),
+            }
+        }
+        _ => Err(Reject::AmbiguousFraming),
+    }
+}
+
+type Target<'a> = (Option<&'a [u8]>, &'a [u8], Option<&'a [u8]>);
+
+/// Split a request target into (absolute-form authority, path, query).
+fn split_target(raw: &[u8]) -> Result<Target<'_>, Reject> {
+    let (authority, rest) = if raw.first() == Some(&b'/') {
+        (None, raw)
+    } else {
+        let lower: Vec<u8> = raw.iter().take(8).map(u8::to_ascii_lowercase).collect();
+        let skip = if lower.starts_with(b"http://") {
+            7
+        } else if lower.starts_with(b"https://") {
+            8
+        } else {
+            return Err(Reject::InvalidPath(PathError::NotAbsolute));
+        };
+        let after = &raw[skip..];
+        let end = after
+            .iter()
+            .position(|&c| c == b'/' || c == b'?')
+            .unwrap_or(after.len());
+        let auth = &after[..end];
+        if auth.contains(&b'@') {
+            // userinfo in the target is never legitimate for a gateway
+            return Err(Reject::InvalidHost(HostError::Malformed));
+        }
+        (Some(auth), &after[end..])
+    };
+    let (path, query) = match rest.iter().position(|&c| c == b'?') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let path: &[u8] = if path.is_empty() { b"/" } else { path };
+    Ok((authority, path, query))
+}
+
+fn resolve_host(req: &RequestHeader, abs_authority: Option<&[u8]>) -> Result<String, Reject> {
+    let mut host_headers = req.headers.get_all("host").iter();
+    let header = host_headers.next();
+    if host_headers.next().is_some() {
+        return Err(Reject::InvalidHost(HostError::Duplicate));
+    }
+    let authority = abs_authority.or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+    let from_header = header
+        .map(|h| normalize_host(h.as_bytes()))
+        .transpose()
+        .map_err(Reject::InvalidHost)?;
+    let from_authority = authority
+        .map(normalize_host)
+        .transpose()
+        .map_err(Reject::InvalidHost)?;
+    match (from_authority, from_header) {
+        (Some(a), Some(h)) if a != h => Err(Reject::InvalidHost(HostError::Conflict)),
+        (Some(a), _) => Ok(a),
+        (None, Some(h)) => Ok(h),
+        (None, None) if req.version == http::Version::HTTP_10 => Ok(String::new()),
+        (None, None) => Err(Reject::InvalidHost(HostError::Missing)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            split_target(b"/a?b=1").unwrap(),
+            (None, &b"/a"[..], Some(&b"b=1"[..]))
+        );
+        assert_eq!(
+            split_target(b"http://Example.com:80/x?y").unwrap(),
+            (Some(&b"Example.com:80"[..]), &b"/x"[..], Some(&b"y"[..]))
+        );
+        assert_eq!(
+            split_target(b"https://h").unwrap(),
+            (Some(&b"h"[..]), &b"/"[..], None)
+        );
+        assert!(split_target(b"*").is_err());
+        assert!(split_target(b"ftp://h/x").is_err());
+        assert!(split_target(b"http://u:p@h/x").is_err());
+    }
+
+    #[test]
+    fn request_ids() {
+        let a = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, new_request_id());
+        assert!(valid_request_id("abc-123_x.y:z"));
+        assert!(!valid_request_id("a b"));
+        assert!(!valid_request_id(&"a".repeat(129)));
+    }
+}

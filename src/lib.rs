@@ -1,0 +1,27 @@
+//! Portcullis: an API gateway security layer on Cloudflare's Pingora.
+//!
+//! See `docs/` for the configuration reference and the design. Module map:
+//! - [`config`]: raw YAML → compile/validate → immutable [`config::Snapshot`]
+//! - [`proxy`]: Pingora phases, each delegating to one module function
+//! - [`gateway`]: per-request admission (limits, host, path, route)
+//! - [`route`]: route table and path normalisation
+//! - [`upstream`]: pools, balancing, health checks
+//! - [`forward`]: the request sent upstream
+//! - [`error`]: the one mapping from decisions to HTTP responses
+//! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener
+//! - [`echo`]: the demo/test upstream
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod clientip;
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod state;
+pub mod upstream;

@@ -1,0 +1,196 @@
+//! Prometheus metrics. Recorded from `logging` (one observation per request), from
+//! `upstream_peer`/`fail_to_connect` (attempts and errors) and from background services.
+//! Served by the admin listener (`/metrics`).
+//!
+//! Labels are bounded by configuration: route ids, pool names, configured target addresses,
+//! a fixed method set, status classes and reason codes. Never raw paths, hosts, tokens or
+//! subjects.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::OnceLock;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    denials: IntCounterVec,
+    upstream_attempts: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    healthy_targets: IntGaugeVec,
+    config_generation: IntGauge,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "portcullis_requests_total",
+            "Requests answered, by route, method and status class",
+        ),
+        &["route", "method", "status_class"],
+    )?;
+    let duration = HistogramVec::new(
+        HistogramOpts::new(
+            "portcullis_request_duration_seconds",
+            "Time from request start to the end of the response, by route",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ]),
+        &["route"],
+    )?;
+    let denials = IntCounterVec::new(
+        Opts::new(
+            "portcullis_gateway_responses_total",
+            "Responses the gateway wrote itself (rejections and upstream failures), by route and reason",
+        ),
+        &["route", "reason"],
+    )?;
+    let upstream_attempts = IntCounterVec::new(
+        Opts::new(
+            "portcullis_upstream_attempts_total",
+            "Connection attempts to upstream targets",
+        ),
+        &["pool", "target"],
+    )?;
+    let upstream_errors = IntCounterVec::new(
+        Opts::new(
+            "portcullis_upstream_errors_total",
+            "Failed upstream attempts, by kind (connect, timeout, response)",
+        ),
+        &["pool", "target", "kind"],
+    )?;
+    let healthy_targets = IntGaugeVec::new(
+        Opts::new(
+            "portcullis_upstream_healthy_targets",
+            "Targets currently passing health checks",
+        ),
+        &["pool"],
+    )?;
+    let config_generation = IntGauge::new(
+        "portcullis_config_generation",
+        "Generation of the configuration snapshot being served (1 = loaded at start)",
+    )?;
+    let build_info = IntGaugeVec::new(
+        Opts::new("portcullis_build_info", "Build information; always 1"),
+        &["version"],
+    )?;
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    registry.register(Box::new(requests.clone()))?;
+    registry.register(Box::new(duration.clone()))?;
+    registry.register(Box::new(denials.clone()))?;
+    registry.register(Box::new(upstream_attempts.clone()))?;
+    registry.register(Box::new(upstream_errors.clone()))?;
+    registry.register(Box::new(healthy_targets.clone()))?;
+    registry.register(Box::new(config_generation.clone()))?;
+    registry.register(Box::new(build_info))?;
+    Ok(Metrics {
+        registry,
+        requests,
+        duration,
+        denials,
+        upstream_attempts,
+        upstream_errors,
+        healthy_targets,
+        config_generation,
+    })
+}
+
+static METRICS: OnceLock<Option<Metrics>> = OnceLock::new();
+
+fn get() -> Option<&'static Metrics> {
+    METRICS
+        .get_or_init(|| match build() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                // Only possible through a programming error (duplicate names); serve without
+                // metrics rather than refuse traffic.
+                log::error!("metrics registry could not be built: {e}");
+                None
+            }
+        })
+        .as_ref()
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+/// Method label: a fixed set, everything else is `OTHER`.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
+    if let Some(m) = get() {
+        m.requests
+            .with_label_values(&[route, method, status_class(status)])
+            .inc();
+        m.duration.with_label_values(&[route]).observe(seconds);
+    }
+}
+
+pub fn gateway_response(route: &str, reason: &str) {
+    if let Some(m) = get() {
+        m.denials.with_label_values(&[route, reason]).inc();
+    }
+}
+
+pub fn upstream_attempt(pool: &str, target: &str) {
+    if let Some(m) = get() {
+        m.upstream_attempts.with_label_values(&[pool, target]).inc();
+    }
+}
+
+pub fn upstream_error(pool: &str, target: &str, kind: &str) {
+    if let Some(m) = get() {
+        m.upstream_errors
+            .with_label_values(&[pool, target, kind])
+            .inc();
+    }
+}
+
+pub fn set_healthy_targets(pool: &str, n: usize) {
+    if let Some(m) = get() {
+        m.healthy_targets.with_label_values(&[pool]).set(n as i64);
+    }
+}
+
+pub fn set_config_generation(g: u64) {
+    if let Some(m) = get() {
+        m.config_generation.set(g as i64);
+    }
+}
+
+/// Prometheus text exposition of every metric.
+pub fn encode() -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(m) = get() {
+        if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
+            log::error!("metrics encoding failed: {e}");
+        }
+    }
+    buf
+}

@@ -1,0 +1,218 @@
+//! Pingora `ProxyHttp` wiring. Each phase delegates to one module function; no policy here.
+//!
+//! | phase                   | delegate                                   |
+//! |-------------------------|--------------------------------------------|
+//! | `new_ctx`               | pin the current `Snapshot`                 |
+//! | `early_request_filter`  | `gateway::identify` (request id, client IP)|
+//! | `request_filter`        | `gateway::admit`, rejections via `error::respond` |
+//! | `request_body_filter`   | body size limit for chunked bodies         |
+//! | `upstream_peer`         | `upstream::choose_peer`                    |
+//! | `fail_to_connect`       | retry on another target (`upstream`)       |
+//! | `upstream_request_filter` | `forward::prepare_upstream_request`      |
+//! | `response_filter`       | `X-Request-Id` on every response           |
+//! | `fail_to_proxy`         | `error::respond` (502/504/…)               |
+//! | `logging`               | metrics                                    |
+
+use crate::error::{self, Reject};
+use crate::gateway::{self, Conn, RequestCtx};
+use crate::state::GatewayState;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+use std::sync::Arc;
+
+pub struct Gateway {
+    pub state: Arc<GatewayState>,
+}
+
+fn conn_facts(session: &Session) -> Conn {
+    Conn {
+        peer: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+    }
+}
+
+/// Map a Pingora error that ended proxying to our rejection.
+fn classify(e: &Error) -> Option<Reject> {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(413) => Some(Reject::BodyTooLarge),
+        HTTPStatus(400) => Some(Reject::BadRequest),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            match e.esource() {
+                ErrorSource::Downstream => None,
+                _ => Some(Reject::UpstreamTimeout),
+            }
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | BindError | ConnectProxyFailure
+        | TLSHandshakeFailure | InvalidCert => Some(Reject::UpstreamConnect),
+        _ => match e.esource() {
+            ErrorSource::Upstream => Some(Reject::UpstreamError),
+            // The client went away or sent garbage mid-body: nobody to answer, or a 400.
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => None,
+                _ => Some(Reject::BadRequest),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => Some(Reject::UpstreamError),
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.state.snapshot.load_full())
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let conn = conn_facts(session);
+        gateway::identify(session.req_header(), &conn, ctx);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match gateway::admit(session.req_header(), ctx) {
+            Ok(()) => Ok(false),
+            Err(reject) => {
+                error::respond(session, &reject, &ctx.request_id).await?;
+                ctx.reject = Some(reject);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > ctx.snapshot.limits.max_body_bytes {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        crate::upstream::choose_peer(session.req_header(), ctx).map_err(|reject| {
+            ctx.reject = Some(reject);
+            Error::explain(ErrorType::ConnectProxyFailure, "no upstream target")
+        })
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(route), Some(target)) = (&ctx.route, ctx.target) {
+            let pool = &route.pool;
+            let kind = if matches!(e.etype(), ErrorType::ConnectTimedout) {
+                "timeout"
+            } else {
+                "connect"
+            };
+            crate::metrics::upstream_error(&pool.name, &pool.target_label(&target), kind);
+            // Nothing was sent yet, so another target is safe for any method.
+            if ctx.tried.len() <= pool.retries {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        crate::forward::prepare_upstream_request(upstream_request, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let reject = ctx.reject.clone().or_else(|| classify(e));
+        let mut code = 0;
+        if let Some(reject) = &reject {
+            if let (Some(route), Some(target), Reject::UpstreamTimeout | Reject::UpstreamError) =
+                (&ctx.route, ctx.target, reject)
+            {
+                let kind = if *reject == Reject::UpstreamTimeout {
+                    "timeout"
+                } else {
+                    "response"
+                };
+                crate::metrics::upstream_error(
+                    &route.pool.name,
+                    &route.pool.target_label(&target),
+                    kind,
+                );
+            }
+            if session.response_written().is_none() {
+                code = error::respond(session, reject, &ctx.request_id)
+                    .await
+                    .unwrap_or_else(|err| {
+                        log::debug!("could not send error response: {err}");
+                        0
+                    });
+            }
+        }
+        ctx.reject = reject;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route_label();
+        crate::metrics::record_request(
+            route,
+            crate::metrics::method_label(&session.req_header().method),
+            status,
+            ctx.start.elapsed().as_secs_f64(),
+        );
+        if let Some(r) = &ctx.reject {
+            crate::metrics::gateway_response(route, r.code());
+        }
+    }
+}

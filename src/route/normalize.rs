@@ -1,0 +1,385 @@
+//! Request-target normalisation, done once per request in `request_filter` before routing.
+//!
+//! The routing decision, every later policy check and the upstream request all use the one
+//! path produced here, so a path cannot mean one thing to the policy and another to the
+//! service. Rules (documented in docs/routing.md):
+//!
+//! - percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are decoded; every other
+//!   percent-encoding is kept, with upper-case hex;
+//! - dot-segments (`.`, `..`, also as `%2e`) are resolved (RFC 3986 §5.2.4; `..` at the root
+//!   stays at the root) and runs of `/` are collapsed;
+//! - rejected as ambiguous (400): encoded `/` or `\` (`%2F`, `%5C`), a raw `\`, NUL and other
+//!   control characters (raw or encoded), `;` path parameters (servlet containers strip them,
+//!   so `/public/..;/admin` would be read differently upstream), double encoding (`%25`
+//!   followed by two hex digits), malformed `%` escapes, and bytes that do not decode to UTF-8
+//!   (which covers overlong encodings like `%C0%AE`);
+//! - raw characters that are not allowed in a path are percent-encoded.
+//!
+//! Paths are case-sensitive, as RFC 3986 says.
+
+use thiserror::Error;
+
+/// Why a request target was refused. Every variant maps to 400 `invalid_path`.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    #[error("the request target must be an absolute path")]
+    NotAbsolute,
+    #[error("encoded '/' or '\\' in the path")]
+    EncodedSeparator,
+    #[error("backslash in the path")]
+    Backslash,
+    #[error("NUL or control character in the path")]
+    ControlChar,
+    #[error("malformed percent-encoding in the path")]
+    BadEncoding,
+    #[error("double percent-encoding in the path")]
+    DoubleEncoding,
+    #[error("the path does not decode to valid UTF-8")]
+    InvalidUtf8,
+    #[error("';' path parameters are not accepted")]
+    Semicolon,
+    #[error("fragment in the request target")]
+    Fragment,
+}
+
+impl PathError {
+    /// Stable short code used in the JSON body (`detail`) and in logs.
+    pub fn code(self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "not_absolute",
+            PathError::EncodedSeparator => "encoded_separator",
+            PathError::Backslash => "backslash",
+            PathError::ControlChar => "control_character",
+            PathError::BadEncoding => "bad_percent_encoding",
+            PathError::DoubleEncoding => "double_encoding",
+            PathError::InvalidUtf8 => "invalid_utf8",
+            PathError::Semicolon => "path_parameter",
+            PathError::Fragment => "fragment",
+        }
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Characters that may appear raw in a path besides unreserved ones (RFC 3986 `pchar` and `/`,
+/// minus `;`, which is rejected before this is consulted).
+fn is_raw_path_char(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+        )
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_encoded(out: &mut Vec<u8>, b: u8) {
+    out.push(b'%');
+    out.push(HEX[(b >> 4) as usize]);
+    out.push(HEX[(b & 15) as usize]);
+}
+
+/// Normalise the path part of a request target (no query string). Returns the canonical path.
+pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
+    if raw.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // `canon` is the canonical (still partly encoded) form; `decoded` is the fully decoded byte
+    // string, used only to prove the path is valid UTF-8.
+    let mut canon: Vec<u8> = Vec::with_capacity(raw.len());
+    let mut decoded: Vec<u8> = Vec::new();
+    let mut any_non_ascii = false;
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        match b {
+            b'%' => {
+                let (h, l) = match (raw.get(i + 1), raw.get(i + 2)) {
+                    (Some(&h), Some(&l)) => (h, l),
+                    _ => return Err(PathError::BadEncoding),
+                };
+                let v = match (hex_val(h), hex_val(l)) {
+                    (Some(h), Some(l)) => (h << 4) | l,
+                    _ => return Err(PathError::BadEncoding),
+                };
+                if v == b'/' || v == b'\\' {
+                    return Err(PathError::EncodedSeparator);
+                }
+                if v < 0x20 || v == 0x7f {
+                    return Err(PathError::ControlChar);
+                }
+                if v == b'%'
+                    && raw.get(i + 3).and_then(|&c| hex_val(c)).is_some()
+                    && raw.get(i + 4).and_then(|&c| hex_val(c)).is_some()
+                {
+                    return Err(PathError::DoubleEncoding);
+                }
+                if is_unreserved(v) {
+                    canon.push(v);
+                } else {
+                    push_encoded(&mut canon, v);
+                }
+                if v >= 0x80 {
+                    any_non_ascii = true;
+                }
+                decoded.push(v);
+                i += 3;
+                continue;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Semicolon),
+            b'#' => return Err(PathError::Fragment),
+            0..=0x1f | 0x7f => return Err(PathError::ControlChar),
+            0x80..=0xff => {
+                any_non_ascii = true;
+                push_encoded(&mut canon, b);
+            }
+            _ if is_raw_path_char(b) => canon.push(b),
+            _ => push_encoded(&mut canon, b),
+        }
+        decoded.push(b);
+        i += 1;
+    }
+    if any_non_ascii && std::str::from_utf8(&decoded).is_err() {
+        return Err(PathError::InvalidUtf8);
+    }
+    Ok(remove_dot_segments(&canon))
+}
+
+/// Resolve `.`/`..`, collapse empty segments, keep a trailing slash. Input starts with `/` and
+/// is ASCII (everything else is percent-encoded by now).
+fn remove_dot_segments(path: &[u8]) -> String {
+    let mut segments: Vec<&[u8]> = Vec::new();
+    for seg in path.split(|&c| c == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    // A trailing slash survives (`/a/b/`), and a final dot-segment leaves one (`/a/b/..` →
+    // `/a/`), as in RFC 3986.
+    let last = path.rsplit(|&c| c == b'/').next().unwrap_or_default();
+    let trailing_slash = last.is_empty() || last == b"." || last == b"..";
+    let mut out = String::with_capacity(path.len());
+    for s in &segments {
+        out.push('/');
+        // ASCII by construction: everything else was percent-encoded.
+        out.push_str(std::str::from_utf8(s).unwrap_or_default());
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    out
+}
+
+/// Why a `Host` (or URI authority) was refused. Maps to 400 `invalid_host`.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    #[error("missing Host header")]
+    Missing,
+    #[error("more than one Host header")]
+    Duplicate,
+    #[error("malformed host")]
+    Malformed,
+    #[error("the absolute-form request target names a different host than the Host header")]
+    Conflict,
+}
+
+impl HostError {
+    pub fn code(self) -> &'static str {
+        match self {
+            HostError::Missing => "missing_host",
+            HostError::Duplicate => "duplicate_host",
+            HostError::Malformed => "malformed_host",
+            HostError::Conflict => "conflicting_host",
+        }
+    }
+}
+
+/// Lower-case a host, drop the port and one trailing dot, and check its characters.
+pub fn normalize_host(raw: &[u8]) -> Result<String, HostError> {
+    if raw.is_empty() || raw.len() > 255 {
+        return Err(HostError::Malformed);
+    }
+    let (name, port): (&[u8], Option<&[u8]>) = if raw[0] == b'[' {
+        // IPv6 literal
+        let end = raw
+            .iter()
+            .position(|&c| c == b']')
+            .ok_or(HostError::Malformed)?;
+        let inner = &raw[1..end];
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() || *c == b':' || *c == b'.')
+        {
+            return Err(HostError::Malformed);
+        }
+        let rest = &raw[end + 1..];
+        match rest {
+            [] => (&raw[..=end], None),
+            [b':', p @ ..] => (&raw[..=end], Some(p)),
+            _ => return Err(HostError::Malformed),
+        }
+    } else {
+        match raw.iter().rposition(|&c| c == b':') {
+            Some(p) => (&raw[..p], Some(&raw[p + 1..])),
+            None => (raw, None),
+        }
+    };
+    if let Some(p) = port {
+        if p.is_empty() || p.len() > 5 || !p.iter().all(u8::is_ascii_digit) {
+            return Err(HostError::Malformed);
+        }
+    }
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    if name.is_empty() {
+        return Err(HostError::Malformed);
+    }
+    if name[0] != b'['
+        && !name
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.' || *c == b'_')
+    {
+        return Err(HostError::Malformed);
+    }
+    if name.starts_with(b".") || name.windows(2).any(|w| w == b"..") {
+        return Err(HostError::Malformed);
+    }
+    Ok(String::from_utf8_lossy(name).to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> Result<String, PathError> {
+        normalize_path(p.as_bytes())
+    }
+
+    #[test]
+    fn canonical_paths_are_unchanged() {
+        for p in [
+            "/",
+            "/a",
+            "/a/b",
+            "/a/b/",
+            "/v1/orders/47",
+            "/a:b@c!$&'()*+,=",
+            "/%E2%82%AC",
+        ] {
+            assert_eq!(n(p).unwrap(), p, "{p}");
+        }
+    }
+
+    #[test]
+    fn normalises() {
+        let cases = [
+            ("//a///b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a/%2E/b", "/a/b"),
+            ("/%61dmin", "/admin"),
+            ("/a%7eb", "/a~b"),
+            ("/a%3ab", "/a%3Ab"),
+            ("/a b", "/a%20b"),
+            ("/%e2%82%ac", "/%E2%82%AC"),
+            ("/a/.../b", "/a/.../b"),
+            ("/a/..b/c", "/a/..b/c"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(n(input).unwrap(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn rejects_ambiguity() {
+        let cases = [
+            ("a/b", PathError::NotAbsolute),
+            ("*", PathError::NotAbsolute),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%2Fb", PathError::EncodedSeparator),
+            ("/a%5cb", PathError::EncodedSeparator),
+            ("/a\\b", PathError::Backslash),
+            ("/a%00b", PathError::ControlChar),
+            ("/a%09b", PathError::ControlChar),
+            ("/a%0ab", PathError::ControlChar),
+            ("/a\x01b", PathError::ControlChar),
+            ("/a%zz", PathError::BadEncoding),
+            ("/a%4", PathError::BadEncoding),
+            ("/a%", PathError::BadEncoding),
+            ("/a%252e", PathError::DoubleEncoding),
+            ("/a%252F", PathError::DoubleEncoding),
+            ("/public/..;/admin", PathError::Semicolon),
+            ("/a;jsessionid=1", PathError::Semicolon),
+            ("/a%C0%AE", PathError::InvalidUtf8),
+            ("/a%ff", PathError::InvalidUtf8),
+            ("/a#b", PathError::Fragment),
+        ];
+        for (input, want) in cases {
+            assert_eq!(n(input), Err(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn lone_percent_25_is_kept_encoded() {
+        assert_eq!(n("/100%25").unwrap(), "/100%25");
+        assert_eq!(n("/100%25x").unwrap(), "/100%25x");
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            normalize_host(b"API.Example.com:8080").unwrap(),
+            "api.example.com"
+        );
+        assert_eq!(normalize_host(b"example.com.").unwrap(), "example.com");
+        assert_eq!(normalize_host(b"[::1]:80").unwrap(), "[::1]");
+        assert_eq!(normalize_host(b"127.0.0.1").unwrap(), "127.0.0.1");
+        for bad in [
+            &b""[..],
+            b":80",
+            b"a b",
+            b"a..b",
+            b"[::1",
+            b"host:port",
+            b"h:123456",
+            b"a/b",
+        ] {
+            assert!(
+                normalize_host(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
