@@ -70,9 +70,16 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
         req.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
     }
     if !ctx.peer_trusted || req.headers.get("x-forwarded-host").is_none() {
+        // The Host the client asked for, port included (already validated by `admit`).
+        let host = req
+            .headers
+            .get("host")
+            .cloned()
+            .or_else(|| http::HeaderValue::from_str(&ctx.host).ok())
+            .filter(|h| !h.is_empty());
         req.remove_header("x-forwarded-host");
-        if !ctx.host.is_empty() {
-            req.insert_header("x-forwarded-host", ctx.host.as_str())?;
+        if let Some(h) = host {
+            req.insert_header("x-forwarded-host", h)?;
         }
     }
     req.remove_header("x-real-ip");

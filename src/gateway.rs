@@ -40,6 +40,8 @@ pub struct RequestCtx {
     pub target: Option<SocketAddr>,
     /// Request body bytes seen so far (chunked bodies are counted against the limit).
     pub body_bytes: u64,
+    /// See [`Conn::te_with_cl`].
+    pub te_with_cl: bool,
 }
 
 impl RequestCtx {
@@ -60,6 +62,7 @@ impl RequestCtx {
             tried: Vec::new(),
             target: None,
             body_bytes: 0,
+            te_with_cl: false,
         }
     }
 
@@ -73,12 +76,23 @@ impl RequestCtx {
 pub struct Conn {
     pub peer: Option<IpAddr>,
     pub tls: bool,
+    /// The raw request carried `Content-Length` next to `Transfer-Encoding`.
+    pub te_with_cl: bool,
+}
+
+/// Whether raw HTTP/1 header bytes contain a `Content-Length` field.
+pub fn raw_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n').skip(1).any(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:")
+    })
 }
 
 /// Identify the request (id, client IP). Runs first so even rejections carry both.
 pub fn identify(req: &RequestHeader, conn: &Conn, ctx: &mut RequestCtx) {
     ctx.tls = conn.tls;
     ctx.peer_ip = conn.peer;
+    ctx.te_with_cl = conn.te_with_cl;
     if let Some(peer) = conn.peer {
         let xff = req
             .headers
@@ -117,6 +131,9 @@ pub fn new_request_id() -> String {
 pub fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reject> {
     let snapshot = ctx.snapshot.clone();
     check_limits(req, &snapshot)?;
+    if ctx.te_with_cl {
+        return Err(Reject::AmbiguousFraming);
+    }
     check_framing(req, snapshot.limits.max_body_bytes)?;
     let (authority, path, query) = split_target(req.raw_path())?;
     ctx.host = resolve_host(req, authority)?;
@@ -264,6 +281,22 @@ mod tests {
         assert!(split_target(b"*").is_err());
         assert!(split_target(b"ftp://h/x").is_err());
         assert!(split_target(b"http://u:p@h/x").is_err());
+    }
+
+    #[test]
+    fn raw_content_length_detection() {
+        assert!(raw_has_content_length(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert!(raw_has_content_length(
+            b"POST / HTTP/1.1\r\ncontent-length:5\r\n"
+        ));
+        assert!(!raw_has_content_length(
+            b"POST / HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\n"
+        ));
+        assert!(!raw_has_content_length(
+            b"POST /content-length: HTTP/1.1\r\n"
+        ));
     }
 
     #[test]

@@ -30,7 +30,17 @@ pub struct Gateway {
 }
 
 fn conn_facts(session: &Session) -> Conn {
+    // Pingora drops `Content-Length` when `Transfer-Encoding` is also present; only the raw
+    // header bytes still show the conflict. Looked at only when TE is there (rare).
+    let te_with_cl = session
+        .req_header()
+        .headers
+        .contains_key("transfer-encoding")
+        && session
+            .as_http1()
+            .is_some_and(|h1| gateway::raw_has_content_length(&h1.get_headers_raw_bytes()));
     Conn {
+        te_with_cl,
         peer: session
             .client_addr()
             .and_then(|a| a.as_inet())

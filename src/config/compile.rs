@@ -350,6 +350,7 @@ fn pool_spec(cx: &mut Ctx, path: &str, name: &str, u: &RawUpstream) -> Option<Po
                 format!("invalid server name {:?}", t.sni),
             );
         }
+        let mut ca_digest = 0u64;
         let ca = match &t.ca_file {
             None => None,
             Some(f) => {
@@ -361,6 +362,12 @@ fn pool_spec(cx: &mut Ctx, path: &str, name: &str, u: &RawUpstream) -> Option<Po
                         cx.err(&fpath, format!("cannot read {}: {e}", file.display()));
                         return None;
                     }
+                };
+                ca_digest = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    pem.hash(&mut h);
+                    h.finish()
                 };
                 match pingora::tls::x509::X509::stack_from_pem(&pem) {
                     Ok(certs) if !certs.is_empty() => Some(Arc::new(certs.into_boxed_slice())),
@@ -378,6 +385,7 @@ fn pool_spec(cx: &mut Ctx, path: &str, name: &str, u: &RawUpstream) -> Option<Po
             sni: t.sni.clone(),
             verify: t.verify.unwrap_or(true),
             ca,
+            ca_digest,
         })
     });
     let health = u.health_check.as_ref().map(|h| {

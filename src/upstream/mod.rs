@@ -55,6 +55,8 @@ pub struct UpstreamTls {
     pub sni: String,
     pub verify: bool,
     pub ca: Option<Arc<Box<[X509]>>>,
+    /// Hash of the CA bundle bytes; part of the connection-pool key (see [`Pool::peer`]).
+    pub ca_digest: u64,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -108,6 +110,8 @@ pub struct Pool {
     pub health: Option<HealthSettings>,
     /// Targets in config order, with their metric label.
     pub targets: Vec<(SocketAddr, Arc<str>)>,
+    /// Connection-pool partition for this pool's peers, see [`Pool::peer`].
+    group_key: u64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -179,7 +183,15 @@ impl Pool {
             Balance::Random => Balancer::Random(build_lb(backends, hc)),
             Balance::ConsistentHash => Balancer::Consistent(build_lb(backends, hc)),
         };
+        let group_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            spec.name.hash(&mut h);
+            spec.tls.as_ref().map(|t| t.ca_digest).hash(&mut h);
+            h.finish()
+        };
         Pool {
+            group_key,
             targets: spec
                 .targets
                 .iter()
@@ -249,6 +261,10 @@ impl Pool {
             None => (false, String::new()),
         };
         let mut peer = HttpPeer::new(addr, tls, sni);
+        // Pingora's connection-reuse key covers address, SNI and the verify flags but not the
+        // CA bundle: without this, a connection verified for one pool's CA could be reused by
+        // another pool that trusts a different CA. Partition pooled connections per pool.
+        peer.group_key = self.group_key;
         let o = &mut peer.options;
         o.connection_timeout = Some(self.timeouts.connect);
         o.total_connection_timeout = Some(self.timeouts.connect * 2);

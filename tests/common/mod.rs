@@ -1,0 +1,410 @@
+//! Black-box test harness: starts the real `portcullis` binary (gateway and echo upstreams)
+//! on random loopback ports, talks raw HTTP/1.1 to it, and tears everything down on drop.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(p: &str) -> String {
+    repo_root()
+        .join("tests/fixtures")
+        .join(p)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A port that was free a moment ago. Good enough on loopback for tests.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(args: &[&str], log: &Path) -> Proc {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let child = Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("spawn portcullis");
+    Proc {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
+fn wait_for_port(addr: SocketAddr, proc: &mut Proc) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!(
+                "process exited with {status} before listening on {addr}:\n{}",
+                proc.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "nothing listening on {addr} after 15s:\n{}",
+        proc.log_text()
+    );
+}
+
+/// An echo upstream (`portcullis echo`).
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Echo {
+    pub fn start(name: &str) -> Echo {
+        Self::start_with(name, None)
+    }
+
+    pub fn start_tls(name: &str) -> Echo {
+        Self::start_with(
+            name,
+            Some((fixture("tls/server.pem"), fixture("tls/server.key"))),
+        )
+    }
+
+    fn start_with(name: &str, tls: Option<(String, String)>) -> Echo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let listen = addr.to_string();
+        let mut args = vec!["echo", "--listen", &listen, "--name", name];
+        if let Some((c, k)) = &tls {
+            args.extend(["--tls-cert", c, "--tls-key", k]);
+        }
+        let mut proc = spawn(&args, &dir.path().join("echo.log"));
+        wait_for_port(addr, &mut proc);
+        Echo {
+            addr,
+            name: name.to_string(),
+            proc,
+            _dir: dir,
+        }
+    }
+}
+
+/// A running gateway with its own config file, pid file and upgrade socket.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Gateway {
+    /// `server_extra` is appended inside `server:` (indent by two spaces); `body` holds
+    /// `upstreams:` and `routes:`.
+    pub fn config_text(
+        port: u16,
+        admin: u16,
+        dir: &Path,
+        extra_listeners: &str,
+        server_extra: &str,
+        body: &str,
+    ) -> String {
+        format!(
+            "server:\n  listen:\n    - addr: \"127.0.0.1:{port}\"\n{extra_listeners}  admin: \"127.0.0.1:{admin}\"\n  threads: 2\n  pid_file: {d}/portcullis.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n{server_extra}\n{body}\n",
+            d = dir.display()
+        )
+    }
+
+    pub fn start(server_extra: &str, body: &str) -> Gateway {
+        Self::start_with("", server_extra, body)
+    }
+
+    /// Like [`Gateway::start`] with extra `- addr: ...` entries under `server.listen`.
+    pub fn start_with(extra_listeners: &str, server_extra: &str, body: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let admin_port = free_port();
+        let text = Self::config_text(
+            port,
+            admin_port,
+            dir.path(),
+            extra_listeners,
+            server_extra,
+            body,
+        );
+        let config = dir.path().join("portcullis.yaml");
+        std::fs::write(&config, text).expect("write config");
+        let cfg = config.to_string_lossy().into_owned();
+        let mut proc = spawn(&["run", "-c", &cfg], &dir.path().join("gateway.log"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        wait_for_port(admin, &mut proc);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = try_request(
+                admin,
+                b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            ) {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready:\n{}",
+                proc.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        wait_for_port(addr, &mut proc);
+        Gateway {
+            addr,
+            admin,
+            proc,
+            dir,
+            config,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        get(self.addr, path)
+    }
+
+    pub fn metrics(&self) -> String {
+        let r = get(self.admin, "/metrics");
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    /// Value of the metric line that starts with `prefix` (exact series), or 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): status {} body {:?}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+    /// The echo upstream's view of one request header (first value).
+    pub fn echoed_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name][0].as_str().map(str::to_string)
+    }
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Send raw bytes, read the whole response (the request should say `Connection: close`).
+pub fn request(addr: SocketAddr, raw: &[u8]) -> Response {
+    try_request(addr, raw).unwrap_or_else(|e| panic!("request to {addr} failed: {e}"))
+}
+
+pub fn try_request(addr: SocketAddr, raw: &[u8]) -> Result<Response, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    s.write_all(raw).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    // Read until EOF, or until one complete response has arrived.
+    let mut chunk = [0u8; 16384];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(r) = parse_response(&buf, raw.starts_with(b"HEAD ")) {
+                    return Ok(r);
+                }
+            }
+            Err(e) if buf.is_empty() => return Err(e.to_string()),
+            Err(_) => break,
+        }
+    }
+    if let Some(r) = parse_response(&buf, raw.starts_with(b"HEAD ")) {
+        return Ok(r);
+    }
+    // A body delimited by connection close.
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("incomplete response: {:?}", String::from_utf8_lossy(&buf)))?;
+    let mut r = parse_response(&[&buf[..end + 4], b"\r\n"].concat(), true)
+        .ok_or_else(|| format!("bad response: {:?}", String::from_utf8_lossy(&buf)))?;
+    r.body = buf[end + 4..].to_vec();
+    Ok(r)
+}
+
+/// Parse one complete response from `buf`; `None` if more bytes are needed.
+pub fn parse_response(buf: &[u8], head: bool) -> Option<Response> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head_text = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = head_text.split("\r\n");
+    let status_line = lines.next()?;
+    let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let rest = &buf[end + 4..];
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    if head || status == 204 || status == 304 || (100..200).contains(&status) {
+        return Some(Response {
+            status,
+            headers,
+            body: Vec::new(),
+        });
+    }
+    if let Some(cl) = find("content-length") {
+        let n: usize = cl.parse().ok()?;
+        if rest.len() < n {
+            return None;
+        }
+        return Some(Response {
+            status,
+            headers,
+            body: rest[..n].to_vec(),
+        });
+    }
+    if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        let mut p = rest;
+        loop {
+            let le = p.windows(2).position(|w| w == b"\r\n")?;
+            let size = usize::from_str_radix(String::from_utf8_lossy(&p[..le]).trim(), 16).ok()?;
+            p = &p[le + 2..];
+            if size == 0 {
+                return Some(Response {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            if p.len() < size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&p[..size]);
+            p = &p[size + 2..];
+        }
+    }
+    None
+}
+
+/// Run `portcullis` with args; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run portcullis");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Poll `f` every 50 ms until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
