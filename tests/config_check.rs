@@ -1,0 +1,155 @@
+//! `portcullis check` and start-up failures: every shipped config validates; broken configs
+//! print each problem with its YAML path and exit non-zero, never panic.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn check_text(yaml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let (code, _out, err) = run_cli(&["check", "-c", p.to_str().unwrap()]);
+    (code, err)
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_shipped_config_validates() {
+    let mut files = Vec::new();
+    yaml_files(&repo_root().join("conf"), &mut files);
+    assert!(files.len() >= 2, "{files:?}");
+    for f in files {
+        let (code, out, err) = run_cli(&["check", "-c", f.to_str().unwrap()]);
+        assert_eq!(code, 0, "{}: {err}", f.display());
+        assert!(out.contains(": ok ("), "{out}");
+    }
+}
+
+const BASE: &str = "server:\n  listen: [{ addr: \"127.0.0.1:18080\" }]\nupstreams:\n  orders: { targets: [\"127.0.0.1:9001\"] }\n";
+
+#[test]
+fn broken_configs_name_each_path() {
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        ("server: [unclosed\n".into(), vec!["line 1"]),
+        (
+            format!("{BASE}routes:\n  - {{ id: a, match: {{ pth: /x }}, upstream: orders, public: true }}\n"),
+            vec!["routes[0].match: unknown field `pth`"],
+        ),
+        (
+            format!("{BASE}routes:\n  - {{ id: a, match: {{ path: /a }}, upstream: orders, public: true }}\n  - {{ id: b, match: {{ path: /b }}, upstream: orders, public: true }}\n  - {{ id: c, match: {{ path: /c }}, upstream: orders, public: true }}\n  - {{ id: d, match: {{ path: /d }}, upstream: ordrs, public: true }}\n"),
+            vec!["routes[3].upstream: unknown upstream \"ordrs\""],
+        ),
+        (
+            format!("{BASE}routes:\n  - {{ id: a, match: {{ path: /a }}, upstream: orders, public: true }}\n  - {{ id: a, match: {{ path: /b }}, upstream: orders, public: true }}\n"),
+            vec!["routes[1].id: duplicate route id \"a\""],
+        ),
+        (
+            BASE.replace("listen:", "trusted_proxies: [\"10.0.0.0/33\", \"nope\"]\n  listen:"),
+            vec!["server.trusted_proxies[0]: invalid CIDR", "server.trusted_proxies[1]: invalid CIDR"],
+        ),
+        (
+            format!("{BASE}  slow: {{ targets: [\"127.0.0.1:9002\"], timeouts: {{ read: 30 }} }}\n"),
+            vec!["upstreams.slow.timeouts.read: invalid duration \"30\": missing unit"],
+        ),
+        (
+            format!("{BASE}  slow: {{ targets: [\"127.0.0.1:9002\"], timeouts: {{ read: 30x }} }}\n"),
+            vec!["upstreams.slow.timeouts.read: invalid duration"],
+        ),
+        (
+            format!("{BASE}  lb: {{ targets: [\"127.0.0.1:9002\"], balance: least_conn }}\n"),
+            vec!["upstreams.lb.balance: unknown variant `least_conn`"],
+        ),
+        (
+            format!("{BASE}routes:\n  - {{ id: a, match: {{ path: /a }}, upstream: orders }}\n"),
+            vec!["routes[0]: route must name authenticators in authn or say public: true"],
+        ),
+        (
+            format!("{BASE}routes:\n  - {{ id: a, match: {{ path: /a, methods: [GET, TRACE] }}, upstream: orders, public: true }}\n"),
+            vec!["routes[0].match.methods[1]: unknown variant `TRACE`"],
+        ),
+        (
+            BASE.replace("127.0.0.1:18080", "127.0.0.1:9100"),
+            vec!["server.admin: admin address 127.0.0.1:9100 shares a port"],
+        ),
+        (
+            format!("{BASE}  tls: {{ targets: [\"127.0.0.1:9003\"], tls: {{ sni: localhost, ca_file: /nonexistent/ca.pem }} }}\n"),
+            vec!["upstreams.tls.tls.ca_file: cannot read /nonexistent/ca.pem"],
+        ),
+    ];
+    for (yaml, wants) in cases {
+        let (code, err) = check_text(&yaml);
+        assert_eq!(code, 1, "accepted:\n{yaml}");
+        assert!(!err.contains("panicked"), "{err}");
+        for w in wants {
+            assert!(err.contains(w), "expected {w:?} in:\n{err}\nfor:\n{yaml}");
+        }
+        assert!(err.contains("configuration rejected"), "{err}");
+    }
+}
+
+#[test]
+fn all_semantic_errors_are_reported_at_once() {
+    let yaml = format!(
+        "{BASE}routes:\n  - {{ id: a, match: {{ path: /a }}, upstream: x1, public: true }}\n  - {{ id: b, match: {{ path: /b/../c }}, upstream: x2, public: true }}\n  - {{ id: c, match: {{ path_prefix: /c }}, upstream: orders, strip_prefix: true, authn: [idp] }}\n"
+    );
+    let (code, err) = check_text(&yaml);
+    assert_eq!(code, 1);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert!(errors.len() >= 4, "{err}");
+    for w in ["routes[0].upstream", "routes[1].upstream", "routes[1].match.path", "routes[2].authn[0]"] {
+        assert!(err.contains(w), "{w} missing in {err}");
+    }
+}
+
+#[test]
+fn unreadable_config_and_default_path() {
+    let (code, _, err) = run_cli(&["check", "-c", "/nonexistent/portcullis.yaml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read config file"), "{err}");
+    // Default path is conf/portcullis.yaml relative to the working directory.
+    let out = std::process::Command::new(bin())
+        .arg("check")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("conf/portcullis.yaml: ok"));
+}
+
+#[test]
+fn run_refuses_bad_config_and_busy_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "server: {}\n").unwrap();
+    let (code, _, err) = run_cli(&["run", "-c", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing field `listen`"), "{err}");
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let cfg = dir.path().join("busy.yaml");
+    let text = Gateway::config_text(
+        port,
+        free_port(),
+        dir.path(),
+        "",
+        "",
+        "upstreams:\n  e: { targets: [\"127.0.0.1:9\"] }\nroutes:\n  - { id: a, match: { path_prefix: / }, upstream: e, public: true }\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _, err) = run_cli(&["run", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
