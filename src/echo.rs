@@ -17,6 +17,9 @@ use std::time::Duration;
 
 pub struct EchoApp {
     pub name: String,
+    /// Answer a fixed 2-byte body instead of the request description (benchmarks: the
+    /// response must not depend on the headers each proxy adds).
+    pub fixed: bool,
 }
 
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -24,6 +27,15 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 #[async_trait]
 impl ServeHttp for EchoApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if self.fixed {
+            let _ = session.drain_request_body().await;
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/plain")
+                .header("content-length", 2)
+                .body(b"ok".to_vec())
+                .unwrap_or_default();
+        }
         let mut body_bytes = 0usize;
         while let Ok(Some(chunk)) = session.read_request_body().await {
             body_bytes += chunk.len();
@@ -81,6 +93,7 @@ pub fn run(
     name: &str,
     tls: Option<(String, String)>,
     threads: usize,
+    fixed: bool,
 ) -> Result<(), String> {
     let conf = ServerConf {
         threads,
@@ -99,6 +112,7 @@ pub fn run(
         format!("echo {name}"),
         EchoApp {
             name: name.to_string(),
+            fixed,
         },
     );
     for addr in listen {

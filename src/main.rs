@@ -56,6 +56,9 @@ enum Command {
         tls_key: Option<String>,
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Answer every request with a fixed "ok" body (for benchmarks).
+        #[arg(long)]
+        fixed: bool,
     },
 }
 
@@ -121,9 +124,10 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             threads,
+            fixed,
         } => {
             let tls = tls_cert.zip(tls_key);
-            match portcullis::echo::run(&listen, &name, tls, threads) {
+            match portcullis::echo::run(&listen, &name, tls, threads, fixed) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

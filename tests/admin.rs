@@ -30,7 +30,10 @@ fn metrics_health_and_readiness() {
     for _ in 0..3 {
         assert_eq!(gw.get("/api/x").status, 200);
     }
-    let r = request(gw.addr, b"DELETE /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let r = request(
+        gw.addr,
+        b"DELETE /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 200);
     let m = gw.metrics();
     let series = [
@@ -46,7 +49,10 @@ fn metrics_health_and_readiness() {
     for s in series {
         assert!(m.contains(s), "missing {s:?} in\n{m}");
     }
-    let attempts = format!("portcullis_upstream_attempts_total{{pool=\"e\",target=\"{}\"}} 4", e.addr);
+    let attempts = format!(
+        "portcullis_upstream_attempts_total{{pool=\"e\",target=\"{}\"}} 4",
+        e.addr
+    );
     assert!(m.contains(&attempts), "missing {attempts} in\n{m}");
     // No raw paths or hosts in labels.
     assert!(!m.contains("/api/x"));
@@ -73,12 +79,21 @@ fn sighup_reloads_and_bad_config_changes_nothing() {
     assert_eq!(get(gw.admin, "/readyz").json()["generation"], 2);
 
     // A broken config is rejected: generation and routes stay as they were.
-    std::fs::write(&gw.config, added.replace("upstream: e, public: true }\n  - { id: api", "upstream: nope, public: true }\n  - { id: api")).unwrap();
+    std::fs::write(
+        &gw.config,
+        added.replace(
+            "upstream: e, public: true }\n  - { id: api",
+            "upstream: nope, public: true }\n  - { id: api",
+        ),
+    )
+    .unwrap();
     gw.proc.signal("HUP");
     assert!(eventually(Duration::from_secs(5), || gw
         .proc
         .log_text()
-        .contains("config reload rejected: routes[0].upstream: unknown upstream \"nope\"")));
+        .contains(
+            "config reload rejected: routes[0].upstream: unknown upstream \"nope\""
+        )));
     assert_eq!(gw.metric("portcullis_config_generation"), 2.0);
     assert_eq!(gw.get("/new/x").status, 200);
     assert_eq!(gw.get("/api/x").status, 200);

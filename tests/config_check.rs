@@ -107,7 +107,12 @@ fn all_semantic_errors_are_reported_at_once() {
     assert_eq!(code, 1);
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
     assert!(errors.len() >= 4, "{err}");
-    for w in ["routes[0].upstream", "routes[1].upstream", "routes[1].match.path", "routes[2].authn[0]"] {
+    for w in [
+        "routes[0].upstream",
+        "routes[1].upstream",
+        "routes[1].match.path",
+        "routes[2].authn[0]",
+    ] {
         assert!(err.contains(w), "{w} missing in {err}");
     }
 }
@@ -123,7 +128,11 @@ fn unreadable_config_and_default_path() {
         .current_dir(repo_root())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("conf/portcullis.yaml: ok"));
 }
 
@@ -150,6 +159,9 @@ fn run_refuses_bad_config_and_busy_port() {
     std::fs::write(&cfg, text).unwrap();
     let (code, _, err) = run_cli(&["run", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# End-to-end load on loopback, side by side, measured in one run:
+#   (a) the echo upstream directly, (b) a bare Pingora proxy (examples/bare_proxy.rs, same
+#   profile/allocator/runtime settings), (c) portcullis on a public route.
+# The proxy under test is pinned to CPU 0 with one worker thread; wrk and the upstream share
+# CPU 1. Scenarios are interleaved over ROUNDS rounds. Reported per scenario: requests/s,
+# p50/p99 latency (wrk), and CPU µs per request of the measured process (utime+stime from
+# /proc over the run ÷ requests). The headline figure is the ratio (c)/(b).
+#
+#   scripts/bench.sh                      # DURATION=10 CONNECTIONS=32 ROUNDS=3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh bench
+cargo build --release --bin portcullis --example bare_proxy 2>&1 | tail -1
+
+DUR=${DURATION:-10}
+CONN=${CONNECTIONS:-32}
+ROUNDS=${ROUNDS:-3}
+BIN=target/release/portcullis
+BARE=target/release/examples/bare_proxy
+CLK_TCK=$(getconf CLK_TCK)
+if [[ $(nproc) -ge 2 ]]; then PROXY_CPU=0; LOAD_CPU=1; else PROXY_CPU=0; LOAD_CPU=0; fi
+
+P_UP=19001; P_BARE=19090; P_GW=19080; P_ADMIN=19100
+WORK=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT INT TERM
+
+cat > "$WORK/bench.yaml" <<YAML
+server:
+  listen: [{ addr: "127.0.0.1:$P_GW" }]
+  admin: "127.0.0.1:$P_ADMIN"
+  threads: 1
+  pid_file: $WORK/gw.pid
+  upgrade_sock: $WORK/gw.sock
+  grace_period: 0s
+upstreams:
+  echo: { targets: ["127.0.0.1:$P_UP"] }
+routes:
+  - { id: bench, match: { path_prefix: / }, upstream: echo, public: true }
+YAML
+
+taskset -c $LOAD_CPU $BIN echo --listen 127.0.0.1:$P_UP --name bench --fixed >/dev/null 2>&1 & pids+=($!); PID_UP=$!
+taskset -c $PROXY_CPU $BARE 127.0.0.1:$P_BARE 127.0.0.1:$P_UP 1 >/dev/null 2>&1 & pids+=($!); PID_BARE=$!
+RUST_LOG=warn taskset -c $PROXY_CPU $BIN run -c "$WORK/bench.yaml" >"$WORK/gw.log" 2>&1 & pids+=($!); PID_GW=$!
+
+for p in $P_UP $P_BARE $P_GW; do
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$p/warm" 2>/dev/null && break; sleep 0.1; done
+done
+
+cpu_ticks() { awk '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
+
+# measure NAME PORT PID → appends "name rps p50 p99 cpu_us" to $WORK/results
+measure() {
+  local name=$1 port=$2 pid=$3
+  local t0 t1 out reqs rps p50 p99
+  t0=$(cpu_ticks "$pid")
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONN" -d"${DUR}s" --latency "http://127.0.0.1:$port/bench/path?q=1")
+  t1=$(cpu_ticks "$pid")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  local errs; errs=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+  [[ -n "$errs" ]] && echo "WARNING $name: $errs" >&2
+  local cpu; cpu=$(awk -v a="$t0" -v b="$t1" -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) * 1e6 / hz / n }')
+  echo "$name $rps $p50 $p99 $cpu" >>"$WORK/results"
+  printf "  %-22s %10s req/s  p50 %-9s p99 %-9s %7s CPU µs/req\n" "$name" "$rps" "$p50" "$p99" "$cpu"
+}
+
+echo "machine: $(nproc) CPUs, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //'); $(date -u +%F)"
+echo "wrk -c$CONN -d${DUR}s per scenario, $ROUNDS interleaved rounds; proxy pinned to CPU $PROXY_CPU, load+upstream on CPU $LOAD_CPU"
+for r in $(seq 1 "$ROUNDS"); do
+  echo "round $r"
+  measure "a_upstream_direct" $P_UP $PID_UP
+  measure "b_bare_pingora" $P_BARE $PID_BARE
+  measure "c_portcullis_public" $P_GW $PID_GW
+done
+
+echo
+echo "median over rounds:"
+for s in a_upstream_direct b_bare_pingora c_portcullis_public; do
+  awk -v s="$s" '$1==s {print $5, $2}' "$WORK/results" | sort -n | awk -v s="$s" '{cpu[NR]=$1; rps[NR]=$2} END {m=int((NR+1)/2); printf "  %-22s %7s CPU µs/req  %10s req/s\n", s, cpu[m], rps[m]}'
+done | tee "$WORK/median"
+awk '$1=="b_bare_pingora" {b=$2} $1=="c_portcullis_public" {c=$2} END { if (b > 0) printf "\nratio CPU/req (c)/(b) = %.3f   (goal ≤ 1.10)\n", c / b }' "$WORK/median"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build Portcullis and start it on the shipped conf/portcullis.yaml together with the two demo
+# echo upstreams it points at (127.0.0.1:9001 and :9002). Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cargo build --release --bin portcullis
+BIN=target/release/portcullis
+$BIN check -c conf/portcullis.yaml
+
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+$BIN echo --listen 127.0.0.1:9001 --name echo-1 & pids+=($!)
+$BIN echo --listen 127.0.0.1:9002 --name echo-2 & pids+=($!)
+RUST_LOG=${RUST_LOG:-info} $BIN run -c conf/portcullis.yaml & pids+=($!)
+
+for _ in $(seq 1 100); do
+  curl -fsS -o /dev/null http://127.0.0.1:9100/readyz 2>/dev/null && break
+  sleep 0.1
+done
+
+cat <<'TXT'
+
+Portcullis is running on http://127.0.0.1:8080 (admin on 127.0.0.1:9100). Try:
+
+  curl -i http://127.0.0.1:8080/api/public/hello              # 200, answered by an echo upstream
+  curl -i http://127.0.0.1:8080/nowhere                       # 404 no_route (default deny)
+  curl -i -X DELETE http://127.0.0.1:8080/api/public/hello    # 405 method_not_allowed, Allow: GET, HEAD
+  curl -i --path-as-is 'http://127.0.0.1:8080/api/public/a%2fb'   # 400 invalid_path (encoded slash)
+  curl -i --path-as-is 'http://127.0.0.1:8080/api/public/../../echo/x'  # normalised: /echo/x → upstream sees /x
+  curl -s http://127.0.0.1:9100/metrics | grep portcullis_requests_total
+
+Press Ctrl-C to stop.
+TXT
+wait
