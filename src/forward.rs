@@ -4,17 +4,27 @@
 //!   `strip_prefix`) plus the original query string, so the service sees what the policy saw.
 //! - `X-Forwarded-For/-Proto/-Host` and `X-Request-Id` are written by the gateway. A client's
 //!   own values are kept only when the TCP peer is a trusted proxy; `X-Real-IP` and
-//!   `Forwarded` are always replaced/removed so no spoofed variant reaches the service.
+//!   `Forwarded` are always removed so no spoofed variant reaches the service.
 //! - Headers some frameworks use to override the path or method (`X-Original-URL`,
 //!   `X-Rewrite-URL`, `X-HTTP-Method-Override`, …) are removed: they would let a client make
 //!   the service act on a different path or method than the one the gateway authorised.
 
 use crate::gateway::RequestCtx;
+use http::header::HeaderName;
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
 
-/// Removed from every upstream request.
-const OVERRIDE_HEADERS: [&str; 6] = [
+// Lookups use `HeaderName` constants; inserts use static title-case strings, which Pingora's
+// case-preserving header map takes without copying (see docs/performance.md).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: &str = "X-Request-Id";
+
+/// Removed from every upstream request. `X-Real-IP` too: services should read the
+/// gateway-written `X-Forwarded-For`, and a client-supplied one must never pass.
+const OVERRIDE_HEADERS: [&str; 7] = [
+    "x-real-ip",
     "x-original-url",
     "x-rewrite-url",
     "x-http-method-override",
@@ -28,64 +38,82 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
         return Error::e_explain(ErrorType::InternalError, "no route on upstream request");
     };
     let path = route.upstream_path(&ctx.path);
-    let target = match &ctx.query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.into_owned(),
+    // Common case: the client already sent the canonical origin-form target. Skip re-parsing.
+    let unchanged = {
+        let raw = req.raw_path();
+        let (p, q) = match raw.iter().position(|&c| c == b'?') {
+            Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+            None => (raw, None),
+        };
+        p == path.as_bytes() && q == ctx.query.as_deref().map(str::as_bytes)
     };
-    let uri: http::Uri = target.parse().or_err(
-        ErrorType::InternalError,
-        "normalised target is not a valid URI",
-    )?;
-    req.set_uri(uri);
+    if !unchanged {
+        let target = match &ctx.query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        };
+        let uri: http::Uri = target.parse().or_err(
+            ErrorType::InternalError,
+            "normalised target is not a valid URI",
+        )?;
+        req.set_uri(uri);
+    }
 
-    for h in OVERRIDE_HEADERS {
+    // One pass to find which of the headers we must drop are present at all (usually none),
+    // instead of a hash lookup per name on every request.
+    let present: Vec<&'static str> = OVERRIDE_HEADERS
+        .iter()
+        .copied()
+        .filter(|h| req.headers.keys().any(|k| k.as_str() == *h))
+        .collect();
+    for h in present {
         req.remove_header(h);
     }
 
-    let peer = ctx
-        .peer_ip
-        .map(|ip| crate::clientip::canonical(&ip).to_string());
     // X-Forwarded-For: append the peer to a trusted chain, otherwise start a new one.
-    let prior: Vec<String> = if ctx.peer_trusted {
-        req.headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    req.remove_header("x-forwarded-for");
-    if let Some(peer) = &peer {
-        let mut chain = prior.join(", ");
-        if !chain.is_empty() {
-            chain.push_str(", ");
+    let mut chain = String::new();
+    if ctx.peer_trusted {
+        for v in req.headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(v) = v.to_str() {
+                if !chain.is_empty() {
+                    chain.push_str(", ");
+                }
+                chain.push_str(v);
+            }
         }
-        chain.push_str(peer);
-        req.insert_header("x-forwarded-for", chain)?;
+    }
+    if !ctx.peer_text.is_empty() {
+        if chain.is_empty() {
+            req.insert_header("X-Forwarded-For", ctx.peer_text.as_str())?;
+        } else {
+            chain.push_str(", ");
+            chain.push_str(&ctx.peer_text);
+            req.insert_header("X-Forwarded-For", chain)?;
+        }
+    } else if req.headers.contains_key(&X_FORWARDED_FOR) {
+        req.remove_header(&X_FORWARDED_FOR);
     }
 
-    if !ctx.peer_trusted || req.headers.get("x-forwarded-proto").is_none() {
-        req.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+    if !ctx.peer_trusted || !req.headers.contains_key(&X_FORWARDED_PROTO) {
+        req.insert_header("X-Forwarded-Proto", if ctx.tls { "https" } else { "http" })?;
     }
-    if !ctx.peer_trusted || req.headers.get("x-forwarded-host").is_none() {
+    if !ctx.peer_trusted || !req.headers.contains_key(&X_FORWARDED_HOST) {
         // The Host the client asked for, port included (already validated by `admit`).
         let host = req
             .headers
-            .get("host")
+            .get(http::header::HOST)
             .cloned()
             .or_else(|| http::HeaderValue::from_str(&ctx.host).ok())
             .filter(|h| !h.is_empty());
-        req.remove_header("x-forwarded-host");
-        if let Some(h) = host {
-            req.insert_header("x-forwarded-host", h)?;
+        match host {
+            Some(h) => {
+                req.insert_header("X-Forwarded-Host", h)?;
+            }
+            None => {
+                req.remove_header(&X_FORWARDED_HOST);
+            }
         }
     }
-    req.remove_header("x-real-ip");
-    if let Some(ip) = ctx.client_ip {
-        req.insert_header("x-real-ip", ip.to_string())?;
-    }
-    req.insert_header("x-request-id", ctx.request_id.as_str())?;
+    req.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
     Ok(())
 }

@@ -22,6 +22,8 @@ pub struct RequestCtx {
     pub start: Instant,
     pub request_id: String,
     pub peer_ip: Option<IpAddr>,
+    /// `peer_ip` as text (IPv4-mapped addresses shown as IPv4), formatted once.
+    pub peer_text: String,
     pub client_ip: Option<IpAddr>,
     /// The TCP peer is in `server.trusted_proxies`.
     pub peer_trusted: bool,
@@ -51,6 +53,7 @@ impl RequestCtx {
             start: Instant::now(),
             request_id: String::new(),
             peer_ip: None,
+            peer_text: String::new(),
             client_ip: None,
             peer_trusted: false,
             tls: false,
@@ -94,6 +97,7 @@ pub fn identify(req: &RequestHeader, conn: &Conn, ctx: &mut RequestCtx) {
     ctx.peer_ip = conn.peer;
     ctx.te_with_cl = conn.te_with_cl;
     if let Some(peer) = conn.peer {
+        ctx.peer_text = ip_text(&peer);
         let xff = req
             .headers
             .get_all("x-forwarded-for")
@@ -124,7 +128,37 @@ fn valid_request_id(v: &str) -> bool {
 
 /// 128 random bits as 32 hex characters.
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut v = rand::random::<u128>();
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(v & 15) as usize];
+        v >>= 4;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Format an IP without the `fmt` machinery for the common IPv4 case (hot path: every request).
+pub fn ip_text(ip: &IpAddr) -> String {
+    match clientip::canonical(ip) {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if *o >= 100 {
+                    s.push((b'0' + o / 100) as char);
+                }
+                if *o >= 10 {
+                    s.push((b'0' + (o / 10) % 10) as char);
+                }
+                s.push((b'0' + o % 10) as char);
+            }
+            s
+        }
+        v6 => v6.to_string(),
+    }
 }
 
 /// Decide whether the request may proceed to the upstream, and on which route.
@@ -297,6 +331,23 @@ mod tests {
         assert!(!raw_has_content_length(
             b"POST /content-length: HTTP/1.1\r\n"
         ));
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "255.255.255.255",
+            "100.9.99.199",
+            "::1",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(&ip), ip.to_string());
+        }
+        assert_eq!(ip_text(&"::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream_response.insert_header(crate::forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
     }
 

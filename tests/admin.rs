@@ -35,6 +35,12 @@ fn metrics_health_and_readiness() {
         b"DELETE /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(r.status, 200);
+    // Metrics are recorded in the logging phase, which may finish just after the response.
+    assert!(eventually(Duration::from_secs(3), || gw
+        .metrics()
+        .contains(
+            "portcullis_request_duration_seconds_count{route=\"api\"} 4"
+        )));
     let m = gw.metrics();
     let series = [
         "portcullis_requests_total{method=\"GET\",route=\"api\",status_class=\"2xx\"} 3",

@@ -36,18 +36,16 @@ fn upstream_down_is_502_json() {
     let j = r.json();
     assert_eq!(j["error"], "upstream_connect_failed");
     assert_eq!(j["request_id"], r.header("x-request-id").unwrap());
-    let m = gw.metrics();
-    assert!(
+    // Metrics are recorded in the logging phase, which may finish just after the response.
+    let ok = eventually(Duration::from_secs(3), || {
+        let m = gw.metrics();
         metric_value(
             &m,
-            "portcullis_gateway_responses_total{reason=\"upstream_connect_failed\",route=\"r\"}"
-        ) >= 1.0,
-        "{m}"
-    );
-    assert!(
-        m.contains("portcullis_upstream_errors_total{kind=\"connect\",pool=\"dead\""),
-        "{m}"
-    );
+            "portcullis_gateway_responses_total{reason=\"upstream_connect_failed\",route=\"r\"}",
+        ) >= 1.0
+            && m.contains("portcullis_upstream_errors_total{kind=\"connect\",pool=\"dead\"")
+    });
+    assert!(ok, "{}", gw.metrics());
 }
 
 #[test]
@@ -87,10 +85,12 @@ fn connect_failure_retries_another_target() {
     );
     let c = counts(&gw, 10, |i| format!("/r{i}"));
     assert_eq!(c.get("live"), Some(&10));
-    let m = gw.metrics();
     assert!(
-        m.contains("portcullis_upstream_errors_total{kind=\"connect\",pool=\"p\""),
-        "{m}"
+        eventually(Duration::from_secs(3), || gw.metrics().contains(
+            "portcullis_upstream_errors_total{kind=\"connect\",pool=\"p\""
+        )),
+        "{}",
+        gw.metrics()
     );
 }
 

@@ -451,7 +451,7 @@ fn host_spec(cx: &mut Ctx, path: &str, h: &str) -> Option<HostSpec> {
             _ => {}
         }
     } else if let Ok(n) = normalize_host(h.as_bytes()) {
-        if n == h && !h.contains(':') || (h.starts_with('[') && n == h) {
+        if (h.starts_with('[') || !h.contains(':')) && n == h {
             return Some(HostSpec::Exact(n));
         }
     }
@@ -462,7 +462,7 @@ fn host_spec(cx: &mut Ctx, path: &str, h: &str) -> Option<HostSpec> {
     None
 }
 
-fn path_spec(cx: &mut Ctx, path: &str, p: &str, prefix: bool) -> Option<String> {
+fn path_spec(cx: &mut Ctx, path: &str, p: &str) -> Option<String> {
     match normalize_path(p.as_bytes()) {
         Ok(n) if n == p && !p.contains('?') => {
             // Stored without a trailing slash; matching treats `/a` and `/a/` alike.
@@ -471,7 +471,6 @@ fn path_spec(cx: &mut Ctx, path: &str, p: &str, prefix: bool) -> Option<String> 
             } else {
                 p.to_string()
             };
-            let _ = prefix;
             Some(s)
         }
         Ok(n) => {
@@ -492,7 +491,8 @@ fn routes(cx: &mut Ctx, raw: &[RawRoute], pools: &BTreeMap<String, Arc<Pool>>) -
     let mut router = Router::default();
     let mut ids: HashMap<&str, usize> = HashMap::new();
     // (host, path) → [(route index, id, methods)] to detect overlaps.
-    let mut groups: HashMap<(HostSpec, PathSpec), Vec<(usize, String, u8)>> = HashMap::new();
+    type Group = Vec<(usize, String, u8)>;
+    let mut groups: HashMap<(HostSpec, PathSpec), Group> = HashMap::new();
     for (i, r) in raw.iter().enumerate() {
         let path = format!("routes[{i}]");
         let before = cx.issues.len();
@@ -536,11 +536,9 @@ fn routes(cx: &mut Ctx, raw: &[RawRoute], pools: &BTreeMap<String, Arc<Pool>>) -
         }
         let m = &r.matcher;
         let pspec = match (&m.path, &m.path_prefix) {
-            (Some(p), None) => {
-                path_spec(cx, &format!("{path}.match.path"), p, false).map(PathSpec::Exact)
-            }
+            (Some(p), None) => path_spec(cx, &format!("{path}.match.path"), p).map(PathSpec::Exact),
             (None, Some(p)) => {
-                path_spec(cx, &format!("{path}.match.path_prefix"), p, true).map(PathSpec::Prefix)
+                path_spec(cx, &format!("{path}.match.path_prefix"), p).map(PathSpec::Prefix)
             }
             (Some(_), Some(_)) => {
                 cx.err(

@@ -271,7 +271,10 @@ pub fn normalize_host(raw: &[u8]) -> Result<String, HostError> {
     if name.starts_with(b".") || name.windows(2).any(|w| w == b"..") {
         return Err(HostError::Malformed);
     }
-    Ok(String::from_utf8_lossy(name).to_ascii_lowercase())
+    // Validated ASCII above (or a bracketed IPv6 literal of hex digits, ':' and '.').
+    let mut out = String::with_capacity(name.len());
+    out.extend(name.iter().map(|b| b.to_ascii_lowercase() as char));
+    Ok(out)
 }
 
 #[cfg(test)]

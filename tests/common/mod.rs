@@ -50,8 +50,9 @@ impl Proc {
         let _ = self.child.wait();
     }
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{sig}"), self.pid().to_string()])
+        // The shell's builtin kill: no dependency on procps being installed.
+        let ok = Command::new("sh")
+            .args(["-c", &format!("kill -{sig} {}", self.pid())])
             .status()
             .expect("kill")
             .success();

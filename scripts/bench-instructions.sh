@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Deterministic companion to scripts/bench.sh: user-space instructions per request of
+# (b) the bare Pingora proxy and (c) portcullis on a public route, counted by
+# valgrind --tool=callgrind over N keep-alive requests (after a warm-up). Instruction counts
+# do not depend on what else the shared machine is doing, so the ratio (c)/(b) is repeatable.
+# Kernel time (syscalls, TCP) is not included; scripts/bench.sh measures that side.
+#
+#   scripts/bench-instructions.sh          # N=3000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
+command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 >/dev/null; }
+cargo build --release --bin portcullis --example bare_proxy 2>&1 | tail -1
+N=${N:-3000}
+BIN=target/release/portcullis
+WORK=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT INT TERM
+P_UP=19201; P_BARE=19290; P_GW=19280; P_ADMIN=19300
+cat > "$WORK/gw.yaml" <<YAML
+server:
+  listen: [{ addr: "127.0.0.1:$P_GW" }]
+  admin: "127.0.0.1:$P_ADMIN"
+  threads: 1
+  pid_file: $WORK/gw.pid
+  upgrade_sock: $WORK/gw.sock
+  grace_period: 0s
+upstreams:
+  echo: { targets: ["127.0.0.1:$P_UP"] }
+routes:
+  - { id: bench, match: { path_prefix: / }, upstream: echo, public: true }
+YAML
+cat > "$WORK/load.py" <<'PY'
+import http.client, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    c.request("GET", "/bench/path?q=1", headers={"User-Agent": "bench"})
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+$BIN echo --listen 127.0.0.1:$P_UP --fixed >/dev/null 2>&1 & pids+=($!)
+valgrind --tool=callgrind --callgrind-out-file="$WORK/bare.cg" target/release/examples/bare_proxy 127.0.0.1:$P_BARE 127.0.0.1:$P_UP 1 >"$WORK/bare.log" 2>&1 & pids+=($!); VB=$!
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/gw.cg" $BIN run -c "$WORK/gw.yaml" >"$WORK/gw.log" 2>&1 & pids+=($!); VG=$!
+for p in $P_BARE $P_GW; do
+  for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://127.0.0.1:$p/warm" 2>/dev/null && break; sleep 0.1; done
+done
+count() { # name port pid
+  python3 "$WORK/load.py" "$2" 300
+  callgrind_control -z "$3" >/dev/null 2>&1
+  python3 "$WORK/load.py" "$2" "$N"
+  callgrind_control -d "$3" >/dev/null 2>&1
+  sleep 1
+  local f; f=$(ls -t "$WORK/$1.cg"* | head -1)
+  mkdir -p target/callgrind && cp "$f" "target/callgrind/$1.out"
+  awk -v n="$N" '/^(summary|totals):/ {print int($2 / n); exit}' "$f"
+}
+B=$(count bare $P_BARE $VB)
+C=$(count gw $P_GW $VG)
+echo "user-space instructions per request (callgrind, $N requests):"
+echo "  b_bare_pingora       $B"
+echo "  c_portcullis_public  $C"
+echo "  profiles: target/callgrind/{bare,gw}.out (callgrind_annotate --inclusive=yes)"
+awk -v b="$B" -v c="$C" 'BEGIN { printf "  ratio (c)/(b) = %.3f, portcullis adds %d instructions per request\n", c / b, c - b }'
