@@ -106,6 +106,10 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
     if raw.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_canonical(raw) {
+        // Fast path (the common case): nothing to decode, encode or resolve.
+        return Ok(String::from_utf8_lossy(raw).into_owned());
+    }
     // `canon` is the canonical (still partly encoded) form; `decoded` is the fully decoded byte
     // string, used only to prove the path is valid UTF-8.
     let mut canon: Vec<u8> = Vec::with_capacity(raw.len());
@@ -166,6 +170,33 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
         return Err(PathError::InvalidUtf8);
     }
     Ok(remove_dot_segments(&canon))
+}
+
+/// True when `raw` is already canonical: only raw path characters, no `%`, no empty segment,
+/// no dot-segment.
+fn is_canonical(raw: &[u8]) -> bool {
+    let mut prev_slash = false;
+    let mut seg_start = 0;
+    for (i, &b) in raw.iter().enumerate() {
+        if b == b'/' {
+            if prev_slash && i > 0 {
+                return false;
+            }
+            let seg = &raw[seg_start..i];
+            if seg == b"." || seg == b".." {
+                return false;
+            }
+            seg_start = i + 1;
+            prev_slash = true;
+        } else {
+            if !is_raw_path_char(b) {
+                return false;
+            }
+            prev_slash = false;
+        }
+    }
+    let last = &raw[seg_start..];
+    last != b"." && last != b".."
 }
 
 /// Resolve `.`/`..`, collapse empty segments, keep a trailing slash. Input starts with `/` and
@@ -350,6 +381,29 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(n(input), Err(want), "{input}");
+        }
+    }
+
+    /// Random paths over a hostile alphabet: normalisation is idempotent, its output is always
+    /// canonical, and the fast path agrees with the full algorithm.
+    #[test]
+    fn idempotent_and_fast_path_agrees() {
+        let alphabet: [&str; 14] = ["/", "a", "b", ".", "..", "%2e", "%41", "%7E", "~", "-", "%20", "%C3%A9", ":", "@"];
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            let mut p = String::from("/");
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let len = (seed >> 59) as usize + 1;
+            for _ in 0..len {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                p.push_str(alphabet[(seed >> 33) as usize % alphabet.len()]);
+            }
+            let once = n(&p).unwrap();
+            assert_eq!(n(&once).unwrap(), once, "not idempotent: {p}");
+            assert!(is_canonical(once.as_bytes()) || once.contains('%'), "{p} -> {once}");
+            if is_canonical(p.as_bytes()) {
+                assert_eq!(remove_dot_segments(p.as_bytes()), p, "fast path disagrees: {p}");
+            }
         }
     }
 
