@@ -13,7 +13,7 @@ command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq
 command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 >/dev/null; }
 cargo build --release --bin portcullis --example bare_proxy 2>&1 | tail -1
 N=${N:-3000}
-BIN=target/release/portcullis
+BIN=${CARGO_TARGET_DIR:-target}/release/portcullis
 WORK=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -42,7 +42,7 @@ for _ in range(n):
     assert r.status == 200, r.status
 PY
 $BIN echo --listen 127.0.0.1:$P_UP --fixed >/dev/null 2>&1 & pids+=($!)
-valgrind --tool=callgrind --callgrind-out-file="$WORK/bare.cg" target/release/examples/bare_proxy 127.0.0.1:$P_BARE 127.0.0.1:$P_UP 1 >"$WORK/bare.log" 2>&1 & pids+=($!); VB=$!
+valgrind --tool=callgrind --callgrind-out-file="$WORK/bare.cg" "${CARGO_TARGET_DIR:-target}/release/examples/bare_proxy" 127.0.0.1:$P_BARE 127.0.0.1:$P_UP 1 >"$WORK/bare.log" 2>&1 & pids+=($!); VB=$!
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/gw.cg" $BIN run -c "$WORK/gw.yaml" >"$WORK/gw.log" 2>&1 & pids+=($!); VG=$!
 for p in $P_BARE $P_GW; do
   for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://127.0.0.1:$p/warm" 2>/dev/null && break; sleep 0.1; done

@@ -16,8 +16,8 @@ cargo build --release --bin portcullis --example bare_proxy 2>&1 | tail -1
 DUR=${DURATION:-10}
 CONN=${CONNECTIONS:-32}
 ROUNDS=${ROUNDS:-3}
-BIN=target/release/portcullis
-BARE=target/release/examples/bare_proxy
+BIN=${CARGO_TARGET_DIR:-target}/release/portcullis
+BARE=${CARGO_TARGET_DIR:-target}/release/examples/bare_proxy
 CLK_TCK=$(getconf CLK_TCK)
 if [[ $(nproc) -ge 2 ]]; then PROXY_CPU=0; LOAD_CPU=1; else PROXY_CPU=0; LOAD_CPU=0; fi
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo build --release --bin portcullis
-BIN=target/release/portcullis
+BIN=${CARGO_TARGET_DIR:-target}/release/portcullis
 $BIN check -c conf/portcullis.yaml
 
 pids=()
