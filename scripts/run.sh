@@ -29,7 +29,8 @@ Portcullis is running on http://127.0.0.1:8080 (admin on 127.0.0.1:9100). Try:
   curl -i http://127.0.0.1:8080/nowhere                       # 404 no_route (default deny)
   curl -i -X DELETE http://127.0.0.1:8080/api/public/hello    # 405 method_not_allowed, Allow: GET, HEAD
   curl -i --path-as-is 'http://127.0.0.1:8080/api/public/a%2fb'   # 400 invalid_path (encoded slash)
-  curl -i --path-as-is 'http://127.0.0.1:8080/api/public/../../echo/x'  # normalised: /echo/x → upstream sees /x
+  curl -s --path-as-is 'http://127.0.0.1:8080/api/public/../../echo/x'  # routed as /echo/x; the upstream sees "target":"/x"
+  head -c 2000000 /dev/zero | curl -si -X POST --data-binary @- http://127.0.0.1:8080/echo/upload   # 413 body_too_large
   curl -s http://127.0.0.1:9100/metrics | grep portcullis_requests_total
 
 Press Ctrl-C to stop.
