@@ -56,6 +56,12 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
         daemon: opts.daemon,
         ..Opt::default()
     };
+    if !opts.daemon {
+        // Pingora writes the pid file only when it daemonizes; operators (and `kill -HUP
+        // "$(cat pid_file)"`) need it in the foreground too.
+        std::fs::write(&p.pid_file, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("server.pid_file: cannot write {}: {e}", p.pid_file))?;
+    }
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 

@@ -69,6 +69,9 @@ fn sighup_reloads_and_bad_config_changes_nothing() {
     let e = Echo::start("e");
     let gw = Gateway::start("", &body(&e, ""));
     assert_eq!(gw.get("/new/x").status, 404);
+    // The pid file names this process, so `kill -HUP "$(cat pid_file)"` works.
+    let pid = std::fs::read_to_string(gw.dir.path().join("portcullis.pid")).unwrap();
+    assert_eq!(pid.trim(), gw.proc.pid().to_string());
     let text = std::fs::read_to_string(&gw.config).unwrap();
     let added = text.replace(
         "routes:\n",
