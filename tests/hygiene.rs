@@ -208,5 +208,55 @@ fn tls_listener_serves_https_and_sets_proto() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["headers"]["x-forwarded-proto"][0], "https");
     assert_eq!(j["path"], "/tls-check");
+
+    // HTTP/2 over TLS (ALPN h2): no Host header, the :authority routes; normalisation and
+    // forwarded headers are the same as on HTTP/1.1.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--path-as-is",
+            "-w",
+            "\n%{http_version}",
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "--cacert",
+            &fixture("tls/ca.pem"),
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            &format!("https://localhost:{port}/a/../h2-check/./x"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, version) = text.rsplit_once('\n').unwrap();
+    assert_eq!(version, "2", "{text}");
+    let j: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(j["target"], "/h2-check/x");
+    assert_eq!(j["headers"]["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(j["headers"]["x-forwarded-proto"][0], "https");
+    // An h2 request for a path with an encoded slash is refused like on HTTP/1.1.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &fixture("tls/ca.pem"),
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            &format!("https://localhost:{port}/a%2fb"),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
     drop(gw);
 }

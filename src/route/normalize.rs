@@ -388,21 +388,34 @@ mod tests {
     /// canonical, and the fast path agrees with the full algorithm.
     #[test]
     fn idempotent_and_fast_path_agrees() {
-        let alphabet: [&str; 14] = ["/", "a", "b", ".", "..", "%2e", "%41", "%7E", "~", "-", "%20", "%C3%A9", ":", "@"];
+        let alphabet: [&str; 14] = [
+            "/", "a", "b", ".", "..", "%2e", "%41", "%7E", "~", "-", "%20", "%C3%A9", ":", "@",
+        ];
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         for _ in 0..20_000 {
             let mut p = String::from("/");
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let len = (seed >> 59) as usize + 1;
             for _ in 0..len {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 p.push_str(alphabet[(seed >> 33) as usize % alphabet.len()]);
             }
             let once = n(&p).unwrap();
             assert_eq!(n(&once).unwrap(), once, "not idempotent: {p}");
-            assert!(is_canonical(once.as_bytes()) || once.contains('%'), "{p} -> {once}");
+            assert!(
+                is_canonical(once.as_bytes()) || once.contains('%'),
+                "{p} -> {once}"
+            );
             if is_canonical(p.as_bytes()) {
-                assert_eq!(remove_dot_segments(p.as_bytes()), p, "fast path disagrees: {p}");
+                assert_eq!(
+                    remove_dot_segments(p.as_bytes()),
+                    p,
+                    "fast path disagrees: {p}"
+                );
             }
         }
     }
