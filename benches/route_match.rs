@@ -25,6 +25,7 @@ fn router() -> Router {
             id: format!("r{i}").into(),
             pool: pool.clone(),
             public: true,
+            authn: Vec::new(),
             strip_prefix: None,
             methods: ALL_METHODS,
         });

@@ -5,6 +5,7 @@
 //! and `X-Request-Id`. Codes are part of the API (docs/errors.md) and double as metric
 //! `reason` labels; messages never contain internals (addresses, config, stack traces).
 
+use crate::auth::AuthError;
 use crate::route::normalize::{HostError, PathError};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -41,6 +42,12 @@ pub enum Reject {
     UpstreamError,
     #[error("malformed request")]
     BadRequest,
+    #[error("{reason}")]
+    Unauthenticated {
+        reason: AuthError,
+        /// `WWW-Authenticate` value of the authenticator that refused.
+        challenge: &'static str,
+    },
 }
 
 impl Reject {
@@ -57,6 +64,7 @@ impl Reject {
             Reject::NoHealthyUpstream => 503,
             Reject::UpstreamConnect | Reject::UpstreamError => 502,
             Reject::UpstreamTimeout => 504,
+            Reject::Unauthenticated { .. } => 401,
         }
     }
 
@@ -76,6 +84,7 @@ impl Reject {
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamError => "upstream_error",
             Reject::BadRequest => "bad_request",
+            Reject::Unauthenticated { reason, .. } => reason.code(),
         }
     }
 
@@ -145,6 +154,9 @@ pub fn response_header(
     h.insert_header("x-request-id", request_id)?;
     if let Reject::MethodNotAllowed { allow } = reject {
         h.insert_header("allow", crate::route::allow_header(*allow))?;
+    }
+    if let Reject::Unauthenticated { challenge, .. } = reject {
+        h.insert_header("www-authenticate", *challenge)?;
     }
     if reject.close_connection() {
         h.insert_header("connection", "close")?;

@@ -33,6 +33,29 @@ const OVERRIDE_HEADERS: [&str; 7] = [
     "forwarded",
 ];
 
+/// Prefix of every identity header. Client-sent headers with it are always removed.
+pub const IDENTITY_PREFIX: &str = "x-portcullis-";
+
+/// The verified identity, as headers the services can trust (docs/authentication.md).
+fn set_identity(req: &mut RequestHeader, p: &crate::auth::Principal) -> Result<()> {
+    req.insert_header("X-Portcullis-Auth-Method", p.method.as_str())?;
+    req.insert_header("X-Portcullis-Authenticator", &*p.authenticator)?;
+    req.insert_header("X-Portcullis-Subject", &*p.subject)?;
+    if let Some(c) = &p.consumer {
+        req.insert_header("X-Portcullis-Consumer", &**c)?;
+    }
+    if let Some(k) = &p.key_id {
+        req.insert_header("X-Portcullis-Key-Id", &**k)?;
+    }
+    if !p.scopes.is_empty() {
+        req.insert_header("X-Portcullis-Scopes", p.scopes.join(" "))?;
+    }
+    if !p.groups.is_empty() {
+        req.insert_header("X-Portcullis-Groups", p.groups.join(" "))?;
+    }
+    Ok(())
+}
+
 pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     let Some(route) = &ctx.route else {
         return Error::e_explain(ErrorType::InternalError, "no route on upstream request");
@@ -59,15 +82,28 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
         req.set_uri(uri);
     }
 
-    // One pass to find which of the headers we must drop are present at all (usually none),
-    // instead of a hash lookup per name on every request.
-    let present: Vec<&'static str> = OVERRIDE_HEADERS
-        .iter()
-        .copied()
-        .filter(|h| req.headers.keys().any(|k| k.as_str() == *h))
+    // One pass to find the headers we must drop (usually none), instead of a hash lookup per
+    // name on every request: path/method overrides, any client-sent `X-Portcullis-*` (the
+    // identity contract: only the gateway writes those), and the route's credential headers.
+    let drop: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| {
+            let n = k.as_str();
+            OVERRIDE_HEADERS.contains(&n)
+                || n.starts_with(IDENTITY_PREFIX)
+                || route.authn.iter().any(|a| match a.as_ref() {
+                    crate::auth::Authenticator::ApiKey(x) => x.header == **k,
+                })
+        })
+        .cloned()
         .collect();
-    for h in present {
+    for h in &drop {
+        // `remove_header` drops every value of the name.
         req.remove_header(h);
+    }
+    if let Some(p) = &ctx.principal {
+        set_identity(req, p)?;
     }
 
     // X-Forwarded-For: append the peer to a trusted chain, otherwise start a new one.

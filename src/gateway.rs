@@ -5,6 +5,7 @@
 //! authentication, authorization and rate limiting after the route is known. The function
 //! never writes a response itself; it returns a [`Reject`] for `error::respond` to render.
 
+use crate::auth;
 use crate::clientip;
 use crate::config::raw::Method;
 use crate::config::Snapshot;
@@ -35,6 +36,8 @@ pub struct RequestCtx {
     /// Raw query string, forwarded unchanged.
     pub query: Option<String>,
     pub route: Option<Arc<Route>>,
+    /// The verified caller, on routes that require authentication.
+    pub principal: Option<crate::auth::Principal>,
     /// Set when the gateway answered itself (or failed to proxy), for metrics.
     pub reject: Option<Reject>,
     /// Upstream targets already tried for this request (connect retries skip them).
@@ -61,6 +64,7 @@ impl RequestCtx {
             path: String::new(),
             query: None,
             route: None,
+            principal: None,
             reject: None,
             tried: Vec::new(),
             target: None,
@@ -181,14 +185,27 @@ pub fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reject> {
         None => None,
     };
     let method = Method::from_http(&req.method);
-    match snapshot.router.lookup(&ctx.host, &ctx.path, method) {
-        RouteMatch::Found(r) => {
-            ctx.route = Some(r.clone());
-            Ok(())
-        }
-        RouteMatch::NoRoute => Err(Reject::NoRoute),
-        RouteMatch::MethodNotAllowed(allow) => Err(Reject::MethodNotAllowed { allow }),
+    let route = match snapshot.router.lookup(&ctx.host, &ctx.path, method) {
+        RouteMatch::Found(r) => r.clone(),
+        RouteMatch::NoRoute => return Err(Reject::NoRoute),
+        RouteMatch::MethodNotAllowed(allow) => return Err(Reject::MethodNotAllowed { allow }),
+    };
+    ctx.route = Some(route.clone());
+    if route.public {
+        return Ok(());
     }
+    let creds = auth::Credentials {
+        headers: &req.headers,
+        query: ctx.query.as_deref(),
+    };
+    let principal = auth::authenticate(&route.authn, &creds, auth::time::now())
+        .map_err(|(reason, challenge)| Reject::Unauthenticated { reason, challenge })?;
+    ctx.principal = Some(principal);
+    // Credentials never travel upstream: drop query-parameter keys here, headers in `forward`.
+    if let Some(q) = ctx.query.take() {
+        ctx.query = auth::strip_query_credentials(&route.authn, &q);
+    }
+    Ok(())
 }
 
 fn check_limits(req: &RequestHeader, s: &Snapshot) -> Result<(), Reject> {

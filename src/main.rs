@@ -42,6 +42,15 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print a new random API key and the config line that stores only its SHA-256.
+    Keygen {
+        /// Key id for the config line.
+        #[arg(long, default_value = "new-key")]
+        id: String,
+        /// Consumer the key belongs to.
+        #[arg(long, default_value = "new-consumer")]
+        consumer: String,
+    },
     /// Run the demo/test echo upstream.
     Echo {
         /// Address to listen on (repeatable).
@@ -117,6 +126,13 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Keygen { id, consumer } => {
+            let (key, sha) = portcullis::auth::api_key::generate();
+            println!("key: {key}");
+            println!("# give the key to the consumer; put only this line under api_key.keys:");
+            println!("- {{ id: {id}, sha256: \"{sha}\", consumer: {consumer}, scopes: [] }}");
+            ExitCode::SUCCESS
         }
         Command::Echo {
             listen,

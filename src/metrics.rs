@@ -21,6 +21,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     healthy_targets: IntGaugeVec,
     config_generation: IntGauge,
+    auth_attempts: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -75,6 +76,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "portcullis_config_generation",
         "Generation of the configuration snapshot being served (1 = loaded at start)",
     )?;
+    let auth_attempts = IntCounterVec::new(
+        Opts::new(
+            "portcullis_auth_attempts_total",
+            "Authentication outcomes by authenticator (\"none\" when no single credential was presented), result and reason",
+        ),
+        &["authenticator", "result", "reason"],
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new("portcullis_build_info", "Build information; always 1"),
         &["version"],
@@ -89,6 +97,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(upstream_errors.clone()))?;
     registry.register(Box::new(healthy_targets.clone()))?;
     registry.register(Box::new(config_generation.clone()))?;
+    registry.register(Box::new(auth_attempts.clone()))?;
     registry.register(Box::new(build_info))?;
     Ok(Metrics {
         registry,
@@ -99,6 +108,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         upstream_errors,
         healthy_targets,
         config_generation,
+        auth_attempts,
     })
 }
 
@@ -155,6 +165,19 @@ pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
 pub fn gateway_response(route: &str, reason: &str) {
     if let Some(m) = get() {
         m.denials.with_label_values(&[route, reason]).inc();
+    }
+}
+
+/// One authentication outcome: `reason` is `None` on success.
+pub fn auth_attempt(authenticator: &str, reason: Option<&str>) {
+    if let Some(m) = get() {
+        let (result, reason) = match reason {
+            None => ("success", "ok"),
+            Some(r) => ("failure", r),
+        };
+        m.auth_attempts
+            .with_label_values(&[authenticator, result, reason])
+            .inc();
     }
 }
 

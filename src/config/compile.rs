@@ -5,9 +5,11 @@
 //! except name resolution of upstream targets (blocking, but only at load time).
 
 use super::raw::{
-    Balance, HashOn, HealthKind, Method, RawConfig, RawListener, RawRoute, RawUpstream,
+    Balance, HashOn, HealthKind, Method, RawApiKey, RawConfig, RawListener, RawRoute, RawUpstream,
 };
 use super::{Config, Issue, Limits, Listener, ListenerTls, ProcessSettings, Snapshot};
+use crate::auth::api_key::{parse_hex32, ApiKeyAuth, ApiKeyEntry};
+use crate::auth::Authenticator;
 use crate::clientip::{Cidr, CidrSet};
 use crate::route::normalize::{normalize_host, normalize_path};
 use crate::route::{HostSpec, PathSpec, Route, Router, ALL_METHODS};
@@ -57,8 +59,9 @@ pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
     let trusted = trusted_proxies(&mut cx, raw);
     let limits = limits(&mut cx, raw);
     reserved_sections(&mut cx, raw);
+    let authenticators = authenticators(&mut cx, raw);
     let pools = pools(&mut cx, raw);
-    let router = routes(&mut cx, &raw.routes, &pools);
+    let router = routes(&mut cx, raw, &pools, &authenticators);
     if !cx.issues.is_empty() {
         return Err(cx.issues);
     }
@@ -68,6 +71,7 @@ pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
             generation: 0,
             router,
             pools,
+            authenticators,
             trusted_proxies: trusted,
             limits,
         },
@@ -207,12 +211,6 @@ fn limits(cx: &mut Ctx, raw: &RawConfig) -> Limits {
 }
 
 fn reserved_sections(cx: &mut Ctx, raw: &RawConfig) {
-    for name in raw.authenticators.keys() {
-        cx.err(
-            format!("authenticators.{name}"),
-            "authenticators are not supported by this version yet",
-        );
-    }
     for name in raw.rate_limits.keys() {
         cx.err(
             format!("rate_limits.{name}"),
@@ -225,6 +223,155 @@ fn reserved_sections(cx: &mut Ctx, raw: &RawConfig) {
             "the audit trail is not supported by this version yet",
         );
     }
+}
+
+fn authenticators(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, Arc<Authenticator>> {
+    let mut out = BTreeMap::new();
+    for (name, a) in &raw.authenticators {
+        let path = format!("authenticators.{name}");
+        if !valid_name(name) {
+            cx.err(
+                &path,
+                "authenticator names use letters, digits, '-', '_' or '.' (at most 64)",
+            );
+            continue;
+        }
+        let kinds = [a.api_key.is_some(), a.jwt.is_some(), a.mtls.is_some()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            cx.err(&path, "exactly one of api_key, jwt or mtls is required");
+            continue;
+        }
+        if a.jwt.is_some() {
+            cx.err(
+                format!("{path}.jwt"),
+                "jwt authenticators are not supported by this version yet",
+            );
+        }
+        if a.mtls.is_some() {
+            cx.err(
+                format!("{path}.mtls"),
+                "mtls authenticators are not supported by this version yet",
+            );
+        }
+        if let Some(k) = &a.api_key {
+            if let Some(auth) = api_key(cx, &format!("{path}.api_key"), name, k) {
+                out.insert(name.clone(), Arc::new(Authenticator::ApiKey(auth)));
+            }
+        }
+    }
+    out
+}
+
+/// Characters allowed in values that end up in identity headers (consumer, scopes, groups).
+fn header_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@*+=".contains(&b))
+}
+
+fn api_key(cx: &mut Ctx, path: &str, name: &str, k: &RawApiKey) -> Option<ApiKeyAuth> {
+    let before = cx.issues.len();
+    let header_name = k.header.as_deref().unwrap_or("x-api-key");
+    let header = match http::HeaderName::from_bytes(header_name.as_bytes()) {
+        Ok(h)
+            if h != http::header::HOST
+                && h != http::header::CONTENT_LENGTH
+                && h != http::header::TRANSFER_ENCODING =>
+        {
+            h
+        }
+        _ => {
+            cx.err(
+                format!("{path}.header"),
+                format!("invalid header name {header_name:?}"),
+            );
+            return None;
+        }
+    };
+    if let Some(q) = &k.query {
+        if q.is_empty()
+            || !q
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            cx.err(
+                format!("{path}.query"),
+                format!("invalid query parameter name {q:?}"),
+            );
+        }
+    }
+    if k.keys.is_empty() {
+        cx.err(format!("{path}.keys"), "at least one key is required");
+    }
+    let mut keys = HashMap::new();
+    let mut ids = HashSet::new();
+    for (i, e) in k.keys.iter().enumerate() {
+        let kp = format!("{path}.keys[{i}]");
+        if !valid_name(&e.id) {
+            cx.err(format!("{kp}.id"), format!("invalid key id {:?}", e.id));
+        } else if !ids.insert(e.id.as_str()) {
+            cx.err(format!("{kp}.id"), format!("duplicate key id {:?}", e.id));
+        }
+        let digest = parse_hex32(&e.sha256);
+        if digest.is_none() {
+            cx.err(
+                format!("{kp}.sha256"),
+                "must be the 64 hex digits of the key's SHA-256 (portcullis keygen prints it)",
+            );
+        }
+        if !header_safe(&e.consumer) {
+            cx.err(
+                format!("{kp}.consumer"),
+                format!(
+                    "invalid consumer {:?}: letters, digits and -_.:/@*+= only",
+                    e.consumer
+                ),
+            );
+        }
+        for (j, v) in e.scopes.iter().enumerate() {
+            if !header_safe(v) {
+                cx.err(format!("{kp}.scopes[{j}]"), format!("invalid scope {v:?}"));
+            }
+        }
+        for (j, v) in e.groups.iter().enumerate() {
+            if !header_safe(v) {
+                cx.err(format!("{kp}.groups[{j}]"), format!("invalid group {v:?}"));
+            }
+        }
+        let expires_at = match &e.expires {
+            None => None,
+            Some(t) => match crate::auth::time::parse_rfc3339(t) {
+                Ok(v) => Some(v),
+                Err(m) => {
+                    cx.err(format!("{kp}.expires"), m);
+                    None
+                }
+            },
+        };
+        if let Some(d) = digest {
+            let entry = Arc::new(ApiKeyEntry {
+                id: e.id.as_str().into(),
+                consumer: e.consumer.as_str().into(),
+                scopes: e.scopes.clone().into(),
+                groups: e.groups.clone().into(),
+                expires_at,
+                disabled: e.disabled,
+            });
+            if keys.insert(d, entry).is_some() {
+                cx.err(format!("{kp}.sha256"), "the same key hash appears twice");
+            }
+        }
+    }
+    if cx.issues.len() != before {
+        return None;
+    }
+    Some(ApiKeyAuth {
+        name: name.into(),
+        header,
+        query: k.query.clone(),
+        keys,
+    })
 }
 
 fn valid_name(s: &str) -> bool {
@@ -487,7 +634,13 @@ fn path_spec(cx: &mut Ctx, path: &str, p: &str) -> Option<String> {
     }
 }
 
-fn routes(cx: &mut Ctx, raw: &[RawRoute], pools: &BTreeMap<String, Arc<Pool>>) -> Router {
+fn routes(
+    cx: &mut Ctx,
+    config: &RawConfig,
+    pools: &BTreeMap<String, Arc<Pool>>,
+    authenticators: &BTreeMap<String, Arc<Authenticator>>,
+) -> Router {
+    let raw: &[RawRoute] = &config.routes;
     let mut router = Router::default();
     let mut ids: HashMap<&str, usize> = HashMap::new();
     // (host, path) → [(route index, id, methods)] to detect overlaps.
@@ -528,11 +681,21 @@ fn routes(cx: &mut Ctx, raw: &[RawRoute], pools: &BTreeMap<String, Arc<Pool>>) -
             ),
             _ => {}
         }
+        let mut authn = Vec::new();
         for (j, a) in r.authn.iter().enumerate() {
-            cx.err(
-                format!("{path}.authn[{j}]"),
-                format!("unknown authenticator {a:?}: authentication is not supported by this version yet"),
-            );
+            match authenticators.get(a) {
+                Some(x) if authn.iter().any(|y: &Arc<Authenticator>| Arc::ptr_eq(x, y)) => cx.err(
+                    format!("{path}.authn[{j}]"),
+                    format!("authenticator {a:?} listed twice"),
+                ),
+                Some(x) => authn.push(x.clone()),
+                // Defined but invalid: its own errors are already reported.
+                None if config.authenticators.contains_key(a) => {}
+                None => cx.err(
+                    format!("{path}.authn[{j}]"),
+                    format!("unknown authenticator {a:?}"),
+                ),
+            }
         }
         let m = &r.matcher;
         let pspec = match (&m.path, &m.path_prefix) {
@@ -592,6 +755,7 @@ fn routes(cx: &mut Ctx, raw: &[RawRoute], pools: &BTreeMap<String, Arc<Pool>>) -
             id: r.id.as_str().into(),
             pool,
             public: r.public,
+            authn,
             strip_prefix,
             methods,
         });

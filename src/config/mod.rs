@@ -93,6 +93,7 @@ pub struct Snapshot {
     pub generation: u64,
     pub router: Router,
     pub pools: BTreeMap<String, Arc<Pool>>,
+    pub authenticators: BTreeMap<String, Arc<crate::auth::Authenticator>>,
     pub trusted_proxies: CidrSet,
     pub limits: Limits,
 }

@@ -19,15 +19,54 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
-    /// Reserved for the authentication issue; any entry is rejected until it lands.
+    /// Named authenticators that routes reference in `authn`.
     #[serde(default)]
-    pub authenticators: BTreeMap<String, IgnoredAny>,
+    pub authenticators: BTreeMap<String, RawAuthenticator>,
     /// Reserved for the rate-limiting issue; any entry is rejected until it lands.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, IgnoredAny>,
     /// Reserved for the audit issue; any value is rejected until it lands.
     #[serde(default)]
     pub audit: Option<IgnoredAny>,
+}
+
+/// Exactly one of the fields is set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthenticator {
+    pub api_key: Option<RawApiKey>,
+    /// Reserved: JWT lands with the rest of the authentication issue.
+    pub jwt: Option<IgnoredAny>,
+    /// Reserved: mTLS lands with the rest of the authentication issue.
+    pub mtls: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    /// Header carrying the key (case-insensitive). Default `x-api-key`.
+    pub header: Option<String>,
+    /// Optional query parameter carrying the key (exact name).
+    pub query: Option<String>,
+    pub keys: Vec<RawApiKeyEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKeyEntry {
+    pub id: String,
+    /// Lower-case hex SHA-256 of the key. The key itself never appears in the config.
+    pub sha256: String,
+    pub consumer: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// RFC 3339 time after which the key is refused (`key_expired`).
+    pub expires: Option<String>,
+    /// A disabled key is refused (`key_disabled`) but stays in the file for the record.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 #[derive(Debug, Deserialize)]

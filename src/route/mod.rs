@@ -29,6 +29,8 @@ pub struct Route {
     pub id: Arc<str>,
     pub pool: Arc<Pool>,
     pub public: bool,
+    /// Authenticators, any of which may authenticate the caller (empty iff `public`).
+    pub authn: Vec<Arc<crate::auth::Authenticator>>,
     /// `Some(prefix)` when the route has `strip_prefix: true`.
     pub strip_prefix: Option<String>,
     /// Bit set of allowed [`Method`]s.
@@ -216,6 +218,7 @@ mod tests {
             id: id.into(),
             pool: Pool::for_tests("p"),
             public: true,
+            authn: Vec::new(),
             strip_prefix: None,
             methods,
         })
@@ -323,6 +326,7 @@ mod tests {
             id: "s".into(),
             pool: Pool::for_tests("p"),
             public: true,
+            authn: Vec::new(),
             strip_prefix: Some("/api/v1".into()),
             methods: ALL_METHODS,
         };
