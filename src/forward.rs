@@ -47,6 +47,9 @@ fn set_identity(req: &mut RequestHeader, p: &crate::auth::Principal) -> Result<(
     if let Some(k) = &p.key_id {
         req.insert_header("X-Portcullis-Key-Id", &**k)?;
     }
+    if let Some(i) = &p.issuer {
+        req.insert_header("X-Portcullis-Issuer", &**i)?;
+    }
     if !p.scopes.is_empty() {
         req.insert_header("X-Portcullis-Scopes", p.scopes.join(" "))?;
     }
@@ -94,6 +97,9 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
                 || n.starts_with(IDENTITY_PREFIX)
                 || route.authn.iter().any(|a| match a.as_ref() {
                     crate::auth::Authenticator::ApiKey(x) => x.header == **k,
+                    crate::auth::Authenticator::Jwt(j) => {
+                        !j.forward_token && *k == http::header::AUTHORIZATION
+                    }
                 })
         })
         .cloned()

@@ -100,6 +100,7 @@ impl ApiKeyAuth {
             subject: entry.consumer.clone(),
             consumer: Some(entry.consumer.clone()),
             key_id: Some(entry.id.clone()),
+            issuer: None,
             scopes: entry.scopes.clone(),
             groups: entry.groups.clone(),
             expires_at: entry.expires_at,

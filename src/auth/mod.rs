@@ -11,6 +11,7 @@
 //! removing every client-sent header with that prefix (the identity propagation contract).
 
 pub mod api_key;
+pub mod jwt;
 pub mod time;
 
 use std::sync::Arc;
@@ -20,12 +21,14 @@ use thiserror::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     ApiKey,
+    Jwt,
 }
 
 impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::ApiKey => "api_key",
+            AuthMethod::Jwt => "jwt",
         }
     }
 }
@@ -40,6 +43,8 @@ pub struct Principal {
     pub subject: Arc<str>,
     pub consumer: Option<Arc<str>>,
     pub key_id: Option<Arc<str>>,
+    /// Token issuer (`iss`), for JWTs.
+    pub issuer: Option<Arc<str>>,
     pub scopes: Arc<[String]>,
     pub groups: Arc<[String]>,
     /// Unix seconds after which the credential is no longer valid.
@@ -59,6 +64,26 @@ pub enum AuthError {
     KeyExpired,
     #[error("the API key is disabled")]
     KeyDisabled,
+    #[error("the token is malformed")]
+    MalformedToken,
+    #[error("the token is too large")]
+    TokenTooLarge,
+    #[error("the token's algorithm is not allowed")]
+    AlgNotAllowed,
+    #[error("the token's signing key is not known")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    TokenExpired,
+    #[error("the token is not valid yet")]
+    TokenNotYetValid,
+    #[error("the token's issuer is not accepted")]
+    BadIssuer,
+    #[error("the token's audience is not accepted")]
+    BadAudience,
+    #[error("the token lacks a required claim")]
+    MissingClaim,
 }
 
 impl AuthError {
@@ -69,6 +94,16 @@ impl AuthError {
             AuthError::InvalidApiKey => "invalid_api_key",
             AuthError::KeyExpired => "key_expired",
             AuthError::KeyDisabled => "key_disabled",
+            AuthError::MalformedToken => "malformed_token",
+            AuthError::TokenTooLarge => "token_too_large",
+            AuthError::AlgNotAllowed => "alg_not_allowed",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::TokenExpired => "token_expired",
+            AuthError::TokenNotYetValid => "token_not_yet_valid",
+            AuthError::BadIssuer => "bad_issuer",
+            AuthError::BadAudience => "bad_audience",
+            AuthError::MissingClaim => "missing_claim",
         }
     }
 }
@@ -77,19 +112,28 @@ impl AuthError {
 #[derive(Debug)]
 pub enum Authenticator {
     ApiKey(api_key::ApiKeyAuth),
+    Jwt(jwt::JwtAuth),
 }
+
+const APIKEY_CHALLENGE: &str = "ApiKey realm=\"portcullis\"";
+const BEARER_CHALLENGE: &str = "Bearer realm=\"portcullis\"";
+const BEARER_INVALID: &str = "Bearer realm=\"portcullis\", error=\"invalid_token\"";
 
 impl Authenticator {
     pub fn name(&self) -> &Arc<str> {
         match self {
             Authenticator::ApiKey(a) => &a.name,
+            Authenticator::Jwt(a) => &a.name,
         }
     }
 
-    /// `WWW-Authenticate` challenge for a 401 from this authenticator.
-    pub fn challenge(&self) -> &'static str {
-        match self {
-            Authenticator::ApiKey(_) => "ApiKey realm=\"portcullis\"",
+    /// `WWW-Authenticate` for a 401 from this authenticator (RFC 6750 §3 for bearer tokens:
+    /// no `error` attribute when no credential was presented).
+    pub fn challenge(&self, e: AuthError) -> &'static str {
+        match (self, e) {
+            (Authenticator::ApiKey(_), _) => APIKEY_CHALLENGE,
+            (Authenticator::Jwt(_), AuthError::CredentialsMissing) => BEARER_CHALLENGE,
+            (Authenticator::Jwt(_), _) => BEARER_INVALID,
         }
     }
 }
@@ -100,51 +144,114 @@ pub struct Credentials<'a> {
     pub query: Option<&'a str>,
 }
 
-/// Outcome of [`authenticate`]: the principal, or the error and which authenticator's
-/// challenge to send.
+/// Outcome of [`authenticate`]: the principal, or the error and the challenge to send.
 pub type AuthOutcome = Result<Principal, (AuthError, &'static str)>;
 
+/// The bearer token from `Authorization` (scheme case-insensitive). Two `Authorization`
+/// headers are ambiguous; another scheme is "no bearer token".
+pub fn bearer<'a>(headers: &'a http::HeaderMap) -> Result<Option<&'a [u8]>, AuthError> {
+    let mut it = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(v) = it.next() else { return Ok(None) };
+    if it.next().is_some() {
+        return Err(AuthError::AmbiguousCredentials);
+    }
+    let v = v.as_bytes();
+    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Ok(None);
+    }
+    let token = v[7..].trim_ascii();
+    if token.is_empty() {
+        return Err(AuthError::MalformedToken);
+    }
+    Ok(Some(token))
+}
+
+enum Found<'a> {
+    ApiKey(&'a api_key::ApiKeyAuth, &'a [u8]),
+    Bearer(&'a [u8]),
+}
+
+fn fail(a: Option<&Authenticator>, e: AuthError) -> (AuthError, &'static str) {
+    crate::metrics::auth_attempt(a.map_or("none", |a| a.name()), Some(e.code()));
+    let challenge = a.map_or(APIKEY_CHALLENGE, |a| a.challenge(e));
+    (e, challenge)
+}
+
 /// Authenticate against the route's authenticators ("any of"). `now` is Unix seconds.
-pub fn authenticate(
-    authn: &[Arc<Authenticator>],
-    creds: &Credentials<'_>,
+pub fn authenticate<'a>(
+    authn: &'a [Arc<Authenticator>],
+    creds: &Credentials<'a>,
     now: u64,
 ) -> AuthOutcome {
-    let default_challenge = authn
-        .first()
-        .map_or("ApiKey realm=\"portcullis\"", |a| a.challenge());
-    let mut found = None;
+    let first = authn.first().map(|a| a.as_ref());
+    let mut found: Option<Found<'a>> = None;
+    let mut jwts: Vec<&'a jwt::JwtAuth> = Vec::new();
     for a in authn {
-        let present = match a.as_ref() {
-            Authenticator::ApiKey(k) => k.extract(creds),
-        };
-        match present {
-            Ok(None) => {}
-            Ok(Some(cred)) => {
-                if found.is_some() {
-                    crate::metrics::auth_attempt(
-                        "none",
-                        Some(AuthError::AmbiguousCredentials.code()),
-                    );
-                    return Err((AuthError::AmbiguousCredentials, default_challenge));
+        match a.as_ref() {
+            Authenticator::ApiKey(k) => match k.extract(creds) {
+                Ok(None) => {}
+                Ok(Some(key)) => {
+                    if found.is_some() {
+                        return Err(fail(None, AuthError::AmbiguousCredentials));
+                    }
+                    found = Some(Found::ApiKey(k, key));
                 }
-                found = Some((a, cred));
-            }
-            Err(e) => {
-                crate::metrics::auth_attempt(a.name(), Some(e.code()));
-                return Err((e, a.challenge()));
-            }
+                Err(e) => return Err(fail(Some(a), e)),
+            },
+            Authenticator::Jwt(j) => jwts.push(j),
         }
     }
-    let Some((a, cred)) = found else {
-        crate::metrics::auth_attempt("none", Some(AuthError::CredentialsMissing.code()));
-        return Err((AuthError::CredentialsMissing, default_challenge));
+    if let Some(jwt0) = jwts.first() {
+        let jwt_auth = authn.iter().find(|a| matches!(a.as_ref(), Authenticator::Jwt(_)));
+        match bearer(creds.headers) {
+            Ok(None) => {}
+            Ok(Some(t)) => {
+                if found.is_some() {
+                    return Err(fail(None, AuthError::AmbiguousCredentials));
+                }
+                found = Some(Found::Bearer(t));
+            }
+            Err(e) => return Err(fail(jwt_auth.map(|a| a.as_ref()), e)),
+        }
+        let _ = jwt0;
+    }
+    let Some(found) = found else {
+        return Err(fail(None, AuthError::CredentialsMissing)).map_err(|(e, _)| {
+            (e, first.map_or(APIKEY_CHALLENGE, |a| a.challenge(e)))
+        });
     };
-    let result = match a.as_ref() {
-        Authenticator::ApiKey(k) => k.verify(cred, now),
-    };
-    crate::metrics::auth_attempt(a.name(), result.as_ref().err().map(|e| e.code()));
-    result.map_err(|e| (e, a.challenge()))
+    match found {
+        Found::ApiKey(k, key) => {
+            let a = authn.iter().find(|a| a.name() == &k.name).map(|a| a.as_ref());
+            let r = k.verify(key, now).map_err(|e| fail(a, e));
+            if r.is_ok() {
+                crate::metrics::auth_attempt(&k.name, None);
+            }
+            r
+        }
+        Found::Bearer(token) => {
+            // Several JWT authenticators (several issuers): the token's unverified `iss` only
+            // *selects* which one verifies it; that one then checks everything.
+            let chosen = if jwts.len() == 1 {
+                Some(jwts[0])
+            } else {
+                let iss = jwt::split(token)
+                    .ok()
+                    .and_then(|p| p.payload.get("iss").and_then(|v| v.as_str().map(str::to_string)));
+                iss.and_then(|iss| jwts.iter().copied().find(|j| j.issuer.as_deref() == Some(iss.as_str())))
+            };
+            let jwt_auth = authn.iter().find(|a| matches!(a.as_ref(), Authenticator::Jwt(_))).map(|a| a.as_ref());
+            let Some(j) = chosen else {
+                return Err(fail(jwt_auth, AuthError::BadIssuer));
+            };
+            let a = authn.iter().find(|a| a.name() == &j.name).map(|a| a.as_ref());
+            let r = j.verify(token, now).map_err(|e| fail(a, e));
+            if r.is_ok() {
+                crate::metrics::auth_attempt(&j.name, None);
+            }
+            r
+        }
+    }
 }
 
 /// Remove every credential the route's authenticators read from what goes upstream: their
@@ -154,6 +261,7 @@ pub fn strip_query_credentials(authn: &[Arc<Authenticator>], query: &str) -> Opt
         .iter()
         .filter_map(|a| match a.as_ref() {
             Authenticator::ApiKey(k) => k.query.as_deref(),
+            Authenticator::Jwt(_) => None,
         })
         .collect();
     if names.is_empty() {

@@ -9,7 +9,9 @@ use super::raw::{
 };
 use super::{Config, Issue, Limits, Listener, ListenerTls, ProcessSettings, Snapshot};
 use crate::auth::api_key::{parse_hex32, ApiKeyAuth, ApiKeyEntry};
+use crate::auth::jwt::{self as jwtmod, JwtAuth, JwtKey};
 use crate::auth::Authenticator;
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use crate::clientip::{Cidr, CidrSet};
 use crate::route::normalize::{normalize_host, normalize_path};
 use crate::route::{HostSpec, PathSpec, Route, Router, ALL_METHODS};
@@ -241,11 +243,10 @@ fn authenticators(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, Arc<Authent
             cx.err(&path, "exactly one of api_key, jwt or mtls is required");
             continue;
         }
-        if a.jwt.is_some() {
-            cx.err(
-                format!("{path}.jwt"),
-                "jwt authenticators are not supported by this version yet",
-            );
+        if let Some(j) = &a.jwt {
+            if let Some(auth) = jwt(cx, &format!("{path}.jwt"), name, j) {
+                out.insert(name.clone(), Arc::new(Authenticator::Jwt(auth)));
+            }
         }
         if a.mtls.is_some() {
             cx.err(
@@ -260,6 +261,159 @@ fn authenticators(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, Arc<Authent
         }
     }
     out
+}
+
+fn to_alg(a: super::raw::JwtAlg) -> Algorithm {
+    use super::raw::JwtAlg as J;
+    match a {
+        J::HS256 => Algorithm::HS256,
+        J::HS384 => Algorithm::HS384,
+        J::HS512 => Algorithm::HS512,
+        J::RS256 => Algorithm::RS256,
+        J::RS384 => Algorithm::RS384,
+        J::RS512 => Algorithm::RS512,
+        J::PS256 => Algorithm::PS256,
+        J::PS384 => Algorithm::PS384,
+        J::PS512 => Algorithm::PS512,
+        J::ES256 => Algorithm::ES256,
+        J::ES384 => Algorithm::ES384,
+        J::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<JwtAuth> {
+    let before = cx.issues.len();
+    let mut algorithms: Vec<Algorithm> = Vec::new();
+    for a in &j.algorithms {
+        let a = to_alg(*a);
+        if !algorithms.contains(&a) {
+            algorithms.push(a);
+        }
+    }
+    if algorithms.is_empty() {
+        cx.err(format!("{path}.algorithms"), "at least one algorithm is required");
+        return None;
+    }
+    let hmac = algorithms.iter().any(|a| a.family() == AlgorithmFamily::Hmac);
+    let public = algorithms.iter().any(|a| a.family() != AlgorithmFamily::Hmac);
+    if hmac && public {
+        cx.err(
+            format!("{path}.algorithms"),
+            "do not mix HMAC (HS*) and public-key algorithms in one authenticator; use two authenticators",
+        );
+    }
+    if j.jwks.is_some() {
+        cx.err(format!("{path}.jwks"), "fetching a JWKS URL is not supported by this version yet; use jwks_file or keys");
+    }
+    if let Some(i) = &j.issuer {
+        if i.is_empty() {
+            cx.err(format!("{path}.issuer"), "must not be empty");
+        }
+    }
+    let mut keys: Vec<JwtKey> = Vec::new();
+    for (i, k) in j.keys.iter().enumerate() {
+        let kp = format!("{path}.keys[{i}].pem_file");
+        let Some(file) = cx.file(&kp, &k.pem_file) else { continue };
+        match std::fs::read(&file).map_err(|e| e.to_string()).and_then(|pem| jwtmod::key_from_pem(&pem, k.kid.clone())) {
+            Ok(key) => keys.push(key),
+            Err(e) => cx.err(&kp, format!("{}: {e}", file.display())),
+        }
+    }
+    if let Some(f) = &j.jwks_file {
+        let fp = format!("{path}.jwks_file");
+        if let Some(file) = cx.file(&fp, f) {
+            match std::fs::read(&file).map_err(|e| e.to_string()).and_then(|doc| jwtmod::keys_from_jwks(&doc, &algorithms)) {
+                Ok(ks) => keys.extend(ks),
+                Err(e) => cx.err(&fp, format!("{}: {e}", file.display())),
+            }
+        }
+    }
+    if let Some(sec) = &j.hmac_secret {
+        let sp = format!("{path}.hmac_secret");
+        let bytes = match (&sec.env, &sec.file) {
+            (Some(var), None) => match std::env::var(var) {
+                Ok(v) => Some(v.into_bytes()),
+                Err(_) => {
+                    cx.err(&sp, format!("environment variable {var} is not set"));
+                    None
+                }
+            },
+            (None, Some(f)) => cx.file(&sp, f).and_then(|p| match std::fs::read(&p) {
+                Ok(mut b) => {
+                    // A trailing newline from `echo > file` is not part of the secret.
+                    while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                        b.pop();
+                    }
+                    Some(b)
+                }
+                Err(e) => {
+                    cx.err(&sp, format!("cannot read {}: {e}", p.display()));
+                    None
+                }
+            }),
+            _ => {
+                cx.err(&sp, "exactly one of env or file is required (secrets never go in the YAML)");
+                None
+            }
+        };
+        if let Some(b) = bytes {
+            if b.len() < 32 {
+                cx.err(&sp, "the secret must be at least 32 bytes (RFC 7518 §3.2)");
+            } else {
+                match jwtmod::key_from_secret(&b, sec.kid.clone()) {
+                    Ok(k) => keys.push(k),
+                    Err(e) => cx.err(&sp, e),
+                }
+            }
+        }
+    }
+    if hmac && j.hmac_secret.is_none() {
+        cx.err(&format!("{path}.hmac_secret"), "required for HS* algorithms");
+    }
+    if !hmac && j.hmac_secret.is_some() {
+        cx.err(&format!("{path}.hmac_secret"), "only used with HS* algorithms");
+    }
+    if public && j.keys.is_empty() && j.jwks_file.is_none() {
+        cx.err(path, "public-key algorithms need keys or jwks_file");
+    }
+    for k in &keys {
+        if !algorithms.iter().any(|a| a.family() == k.family) {
+            cx.err(
+                path,
+                format!("key {:?} is of a type none of the algorithms uses", k.kid.as_deref().unwrap_or("(no kid)")),
+            );
+        }
+    }
+    let mut kids = HashSet::new();
+    for k in &keys {
+        if let Some(kid) = &k.kid {
+            if !kids.insert(kid.clone()) {
+                cx.err(path, format!("duplicate kid {kid:?}"));
+            }
+        }
+    }
+    let leeway = j.leeway.map_or(30, |d| d.0.as_secs());
+    if leeway > 300 {
+        cx.err(format!("{path}.leeway"), "must be at most 5m");
+    }
+    let max_token_bytes = j.max_token_bytes.map_or(8192, |b| b.0);
+    if !(512..=65536).contains(&max_token_bytes) {
+        cx.err(format!("{path}.max_token_bytes"), "must be between 512 and 64KiB");
+    }
+    if cx.issues.len() != before {
+        return None;
+    }
+    Some(JwtAuth::new(
+        name,
+        j.issuer.clone(),
+        j.audiences.clone(),
+        algorithms,
+        leeway,
+        max_token_bytes as usize,
+        j.scopes_claim.clone().unwrap_or_else(|| vec!["scope".into(), "scp".into()]),
+        j.forward_token,
+        keys,
+    ))
 }
 
 /// Characters allowed in values that end up in identity headers (consumer, scopes, groups).

@@ -35,10 +35,70 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawAuthenticator {
     pub api_key: Option<RawApiKey>,
-    /// Reserved: JWT lands with the rest of the authentication issue.
-    pub jwt: Option<IgnoredAny>,
+    pub jwt: Option<RawJwt>,
     /// Reserved: mTLS lands with the rest of the authentication issue.
     pub mtls: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    /// Required `iss` value; also selects this authenticator when a route lists several.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (the token needs one of them). Empty = `aud` not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Allow-list; the token's `alg` must be one of these. Never inferred from the token.
+    pub algorithms: Vec<JwtAlg>,
+    /// Static public keys (PEM files: RSA, EC or Ed25519).
+    #[serde(default)]
+    pub keys: Vec<RawJwtKey>,
+    /// A JWKS document on disk.
+    pub jwks_file: Option<String>,
+    /// Reserved: fetching a JWKS URL lands with the rest of the authentication issue.
+    pub jwks: Option<IgnoredAny>,
+    /// Shared secret for HS256/384/512, from an environment variable or a file — never inline.
+    pub hmac_secret: Option<RawSecret>,
+    /// Clock skew allowed on `exp`, `nbf`, `iat`. Default 30s.
+    pub leeway: Option<DurationStr>,
+    /// Larger tokens are refused unparsed. Default 8KiB.
+    pub max_token_bytes: Option<ByteSize>,
+    /// Claims holding scopes (space-separated string or array). Default [scope, scp].
+    pub scopes_claim: Option<Vec<String>>,
+    /// Send the `Authorization` header upstream. Default false (removed).
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlg {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtKey {
+    pub kid: Option<String>,
+    pub pem_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub env: Option<String>,
+    pub file: Option<String>,
+    pub kid: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,375 @@
+//! JWT authenticator (RFC 7519/7515) on `jsonwebtoken` with the aws-lc-rs backend. Called from
+//! `request_filter` through [`super::authenticate`]; pure computation, no I/O.
+//!
+//! Stricter than the library defaults, on purpose:
+//! - the algorithm comes from a per-authenticator allow-list, never from the token; `none` in
+//!   any spelling is refused before anything else; the key's type must match the algorithm
+//!   (the library refuses an HMAC algorithm with an RSA key);
+//! - keys come only from configuration (PEM files, a JWKS file, an HMAC secret from an
+//!   environment variable or file): `jku`, `x5u`, `x5c` and embedded `jwk` headers are never
+//!   used, and `kid` is only a map key;
+//! - `exp` and `sub` are required; `nbf` and `iat` are checked; leeway defaults to 30 s (the
+//!   library's is 60 s and it skips `nbf`); `iss`/`aud` are checked when configured;
+//! - a `crit` header is refused (we implement no extensions); tokens over `max_token_bytes`
+//!   (default 8 KiB) are refused unparsed.
+
+use super::{AuthError, AuthMethod, Principal};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One verification key.
+pub struct JwtKey {
+    pub kid: Option<String>,
+    pub family: AlgorithmFamily,
+    /// Set when the key is bound to one algorithm (a JWKS `alg`).
+    pub alg: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("JwtKey")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+pub struct JwtAuth {
+    pub name: Arc<str>,
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: u64,
+    pub max_token_bytes: usize,
+    pub scopes_claims: Vec<String>,
+    /// Forward the `Authorization` header upstream (default: removed).
+    pub forward_token: bool,
+    /// Keys with a `kid`, by kid; keys without one are used only for tokens without `kid`.
+    pub by_kid: HashMap<String, Arc<JwtKey>>,
+    pub no_kid: Vec<Arc<JwtKey>>,
+    validation: Validation,
+}
+
+pub fn family_of(alg: Algorithm) -> AlgorithmFamily {
+    alg.family()
+}
+
+/// Decode base64url without padding (RFC 7515 §2). Strict: no padding, no other alphabet.
+pub fn b64url_decode(s: &[u8]) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        } as u32)
+    }
+    if s.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= val(c)? << (18 - 6 * i);
+        }
+        let bytes = [(acc >> 16) as u8, (acc >> 8) as u8, acc as u8];
+        out.extend_from_slice(&bytes[..chunk.len() - 1]);
+    }
+    Some(out)
+}
+
+/// The unverified header and payload of a compact JWS, as JSON objects.
+pub struct Parts {
+    pub header: Map<String, Value>,
+    pub payload: Map<String, Value>,
+}
+
+pub fn split(token: &[u8]) -> Result<Parts, AuthError> {
+    let mut it = token.split(|&b| b == b'.');
+    let (Some(h), Some(p), Some(_sig), None) = (it.next(), it.next(), it.next(), it.next()) else {
+        return Err(AuthError::MalformedToken);
+    };
+    let obj = |seg: &[u8]| -> Result<Map<String, Value>, AuthError> {
+        let bytes = b64url_decode(seg).ok_or(AuthError::MalformedToken)?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(AuthError::MalformedToken),
+        }
+    };
+    Ok(Parts {
+        header: obj(h)?,
+        payload: obj(p)?,
+    })
+}
+
+impl JwtAuth {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        issuer: Option<String>,
+        audiences: Vec<String>,
+        algorithms: Vec<Algorithm>,
+        leeway: u64,
+        max_token_bytes: usize,
+        scopes_claims: Vec<String>,
+        forward_token: bool,
+        keys: Vec<JwtKey>,
+    ) -> JwtAuth {
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms.clone();
+        validation.leeway = leeway;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(i) = &issuer {
+            validation.set_issuer(&[i]);
+            required.push("iss");
+        }
+        if audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&audiences);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        let mut by_kid = HashMap::new();
+        let mut no_kid = Vec::new();
+        for k in keys {
+            let k = Arc::new(k);
+            match &k.kid {
+                Some(kid) => {
+                    by_kid.insert(kid.clone(), k);
+                }
+                None => no_kid.push(k),
+            }
+        }
+        JwtAuth {
+            name: name.into(),
+            issuer,
+            audiences,
+            algorithms,
+            leeway,
+            max_token_bytes,
+            scopes_claims,
+            forward_token,
+            by_kid,
+            no_kid,
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: &[u8], now: u64) -> Result<Principal, AuthError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TokenTooLarge);
+        }
+        let parts = split(token)?;
+        let alg_name = parts.header.get("alg").and_then(Value::as_str).ok_or(AuthError::MalformedToken)?;
+        // Compare the raw string against the allow-list: `none`, `None`, `NONE`, or anything
+        // the library might parse loosely, never get further.
+        let alg = self
+            .algorithms
+            .iter()
+            .copied()
+            .find(|a| alg_name == alg_str(*a))
+            .ok_or(AuthError::AlgNotAllowed)?;
+        if parts.header.contains_key("crit") {
+            return Err(AuthError::MalformedToken);
+        }
+        let key = match parts.header.get("kid") {
+            Some(Value::String(kid)) => self.by_kid.get(kid).ok_or(AuthError::UnknownKey)?,
+            Some(_) => return Err(AuthError::MalformedToken),
+            None => {
+                // Without a kid, only an unambiguous key of the right family is tried: never
+                // "try every key" (a CPU amplification vector).
+                let mut c = self.no_kid.iter().filter(|k| k.family == alg.family());
+                match (c.next(), c.next()) {
+                    (Some(k), None) => k,
+                    _ => return Err(AuthError::UnknownKey),
+                }
+            }
+        };
+        if key.family != alg.family() || key.alg.is_some_and(|a| a != alg) {
+            return Err(AuthError::AlgNotAllowed);
+        }
+        let text = std::str::from_utf8(token).map_err(|_| AuthError::MalformedToken)?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(text, &key.key, &self.validation)
+            .map_err(map_error)?;
+        let claims = data.claims;
+        // iat: optional, but when present it must be a number and not in the future.
+        match claims.get("iat") {
+            None => {}
+            Some(v) => match v.as_u64() {
+                Some(iat) if iat <= now + self.leeway => {}
+                Some(_) => return Err(AuthError::TokenNotYetValid),
+                None => return Err(AuthError::MalformedToken),
+            },
+        }
+        let sub = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 && header_safe(s) => s,
+            _ => return Err(AuthError::MalformedToken),
+        };
+        let mut scopes = Vec::new();
+        for c in &self.scopes_claims {
+            match claims.get(c) {
+                Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|x| !x.is_empty()).map(str::to_string)),
+                Some(Value::Array(a)) => scopes.extend(a.iter().filter_map(Value::as_str).map(str::to_string)),
+                _ => {}
+            }
+        }
+        // Scopes end up in a header: drop anything that is not header-safe.
+        scopes.retain(|s| header_safe(s) && s.len() <= 128);
+        Ok(Principal {
+            method: AuthMethod::Jwt,
+            authenticator: self.name.clone(),
+            subject: sub.as_str().into(),
+            consumer: None,
+            key_id: key.kid.as_deref().map(Into::into),
+            issuer: claims.get("iss").and_then(Value::as_str).map(Into::into),
+            scopes: scopes.into(),
+            groups: Vec::new().into(),
+            expires_at: claims.get("exp").and_then(Value::as_u64),
+        })
+    }
+}
+
+fn header_safe(s: &str) -> bool {
+    s.bytes().all(|b| (0x21..0x7f).contains(&b))
+}
+
+pub fn alg_str(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "unsupported",
+    }
+}
+
+fn map_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => AuthError::BadSignature,
+        K::ExpiredSignature => AuthError::TokenExpired,
+        K::ImmatureSignature => AuthError::TokenNotYetValid,
+        K::InvalidIssuer => AuthError::BadIssuer,
+        K::InvalidAudience => AuthError::BadAudience,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => AuthError::AlgNotAllowed,
+        K::MissingRequiredClaim(c) if c == "iss" => AuthError::BadIssuer,
+        K::MissingRequiredClaim(c) if c == "aud" => AuthError::BadAudience,
+        K::MissingRequiredClaim(_) => AuthError::MissingClaim,
+        K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => AuthError::BadSignature,
+        _ => AuthError::MalformedToken,
+    }
+}
+
+/// Parse a JWKS document into keys. Refuses secrets (`oct`) and RSA keys under 2048 bits, and
+/// keys whose `alg` is outside `allowed`. Errors are for the config compiler.
+pub fn keys_from_jwks(json: &[u8], allowed: &[Algorithm]) -> Result<Vec<JwtKey>, String> {
+    let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut out = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        out.push(key_from_jwk(jwk, allowed).map_err(|e| format!("keys[{i}]: {e}"))?);
+    }
+    if out.is_empty() {
+        return Err("the JWKS holds no keys".into());
+    }
+    Ok(out)
+}
+
+fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<JwtKey, String> {
+    let family = match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => {
+            let n = b64url_decode(p.n.as_bytes()).ok_or("invalid RSA modulus")?;
+            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+            if bits < 2048 {
+                return Err(format!("RSA key of {bits} bits is too weak (minimum 2048)"));
+            }
+            AlgorithmFamily::Rsa
+        }
+        AlgorithmParameters::EllipticCurve(_) => AlgorithmFamily::Ec,
+        AlgorithmParameters::OctetKeyPair(_) => AlgorithmFamily::Ed,
+        AlgorithmParameters::OctetKey(_) => {
+            return Err("symmetric (oct) keys are not accepted from a JWKS; use hmac_secret".into())
+        }
+        _ => return Err("unsupported key type".into()),
+    };
+    let alg = match jwk.common.key_algorithm {
+        None => None,
+        Some(ka) => {
+            let a: Algorithm = format!("{ka:?}").parse().map_err(|_| format!("unsupported alg {ka:?}"))?;
+            if !allowed.contains(&a) {
+                return Err(format!("alg {} is not in algorithms", alg_str(a)));
+            }
+            if a.family() != family {
+                return Err("alg does not match the key type".into());
+            }
+            Some(a)
+        }
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| "invalid key parameters".to_string())?;
+    Ok(JwtKey {
+        kid: jwk.common.key_id.clone(),
+        family,
+        alg,
+        key,
+    })
+}
+
+/// A public key from PEM: RSA, EC or Ed25519, whichever parses.
+pub fn key_from_pem(pem: &[u8], kid: Option<String>) -> Result<JwtKey, String> {
+    let (family, key) = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        (AlgorithmFamily::Rsa, k)
+    } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        (AlgorithmFamily::Ec, k)
+    } else if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        (AlgorithmFamily::Ed, k)
+    } else {
+        return Err("not an RSA, EC or Ed25519 public key in PEM format".into());
+    };
+    Ok(JwtKey { kid, family, alg: None, key })
+}
+
+pub fn key_from_secret(secret: &[u8], kid: Option<String>) -> Result<JwtKey, String> {
+    Ok(JwtKey {
+        kid,
+        family: AlgorithmFamily::Hmac,
+        alg: None,
+        key: DecodingKey::from_secret(secret).map_err(|_| "unusable HMAC secret".to_string())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url() {
+        assert_eq!(b64url_decode(b"").unwrap(), b"");
+        assert_eq!(b64url_decode(b"Zg").unwrap(), b"f");
+        assert_eq!(b64url_decode(b"Zm8").unwrap(), b"fo");
+        assert_eq!(b64url_decode(b"Zm9v").unwrap(), b"foo");
+        assert_eq!(b64url_decode(b"-_8").unwrap(), vec![0xfb, 0xff]);
+        assert!(b64url_decode(b"Zm9v=").is_none());
+        assert!(b64url_decode(b"Z").is_none());
+        assert!(b64url_decode(b"Zm+v").is_none());
+    }
+}
