@@ -28,6 +28,7 @@ fn router() -> Router {
             authn: Vec::new(),
             strip_prefix: None,
             methods: ALL_METHODS,
+            websocket: false,
         });
         // A realistic mix: host-specific, wildcard and host-less; prefixes and exact paths.
         let host = match i % 4 {

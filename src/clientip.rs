@@ -61,6 +61,10 @@ impl Cidr {
         }
     }
 
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix
+    }
+
     pub fn contains(&self, ip: &IpAddr) -> bool {
         let ip = canonical(ip);
         match (self.addr, ip) {

@@ -42,6 +42,8 @@ pub enum Reject {
     UpstreamError,
     #[error("malformed request")]
     BadRequest,
+    #[error("protocol upgrade not allowed on this route")]
+    UpgradeNotAllowed,
     #[error("{reason}")]
     Unauthenticated {
         reason: AuthError,
@@ -58,7 +60,8 @@ impl Reject {
             Reject::InvalidPath(_)
             | Reject::InvalidHost(_)
             | Reject::AmbiguousFraming
-            | Reject::BadRequest => 400,
+            | Reject::BadRequest
+            | Reject::UpgradeNotAllowed => 400,
             Reject::HeadersTooLarge | Reject::TooManyHeaders => 431,
             Reject::BodyTooLarge => 413,
             Reject::NoHealthyUpstream => 503,
@@ -84,6 +87,7 @@ impl Reject {
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamError => "upstream_error",
             Reject::BadRequest => "bad_request",
+            Reject::UpgradeNotAllowed => "upgrade_not_allowed",
             Reject::Unauthenticated { reason, .. } => reason.code(),
         }
     }
@@ -103,6 +107,7 @@ impl Reject {
             self,
             Reject::AmbiguousFraming
                 | Reject::BadRequest
+                | Reject::UpgradeNotAllowed
                 | Reject::HeadersTooLarge
                 | Reject::TooManyHeaders
                 | Reject::BodyTooLarge

@@ -6,8 +6,9 @@
 //!   own values are kept only when the TCP peer is a trusted proxy; `X-Real-IP` and
 //!   `Forwarded` are always removed so no spoofed variant reaches the service.
 //! - Headers some frameworks use to override the path or method (`X-Original-URL`,
-//!   `X-Rewrite-URL`, `X-HTTP-Method-Override`, …) are removed: they would let a client make
-//!   the service act on a different path or method than the one the gateway authorised.
+//!   `X-Rewrite-URL`, `X-HTTP-Method-Override`, …), client-IP claims (`True-Client-IP`, …),
+//!   every `X-Forwarded-*` from untrusted peers, and any header with `_` in its name (CGI
+//!   servers read `X_Forwarded_For` as `X-Forwarded-For`) are removed.
 
 use crate::gateway::RequestCtx;
 use http::header::HeaderName;
@@ -21,17 +22,35 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_REQUEST_ID: &str = "X-Request-Id";
 
-/// Removed from every upstream request. `X-Real-IP` too: services should read the
-/// gateway-written `X-Forwarded-For`, and a client-supplied one must never pass.
-const OVERRIDE_HEADERS: [&str; 7] = [
+/// Removed from every upstream request: client-IP and scheme claims that only the gateway may
+/// make (services read the gateway-written `X-Forwarded-For`/`-Proto`), and path/method
+/// overrides. `X-Original-*` and, from untrusted peers, every `X-Forwarded-*` go by prefix.
+const OVERRIDE_HEADERS: [&str; 13] = [
     "x-real-ip",
-    "x-original-url",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "forwarded",
+    "front-end-https",
+    "x-url-scheme",
     "x-rewrite-url",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
-    "forwarded",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
 ];
+
+/// Whether a client header must not reach the upstream.
+fn must_drop(name: &str, peer_trusted: bool) -> bool {
+    // CGI-style servers (Rack, WSGI, PHP) map `_` and `-` to the same variable, so
+    // `X_Forwarded_For` could override the gateway's `X-Forwarded-For` (nginx drops these too).
+    name.contains('_')
+        || OVERRIDE_HEADERS.contains(&name)
+        || name.starts_with("x-original-")
+        || name.starts_with(IDENTITY_PREFIX)
+        || (!peer_trusted && name.starts_with("x-forwarded-"))
+}
 
 /// Prefix of every identity header. Client-sent headers with it are always removed.
 pub const IDENTITY_PREFIX: &str = "x-portcullis-";
@@ -92,9 +111,7 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
         .headers
         .keys()
         .filter(|k| {
-            let n = k.as_str();
-            OVERRIDE_HEADERS.contains(&n)
-                || n.starts_with(IDENTITY_PREFIX)
+            must_drop(k.as_str(), ctx.peer_trusted)
                 || route.authn.iter().any(|a| match a.as_ref() {
                     crate::auth::Authenticator::ApiKey(x) => x.header == **k,
                     crate::auth::Authenticator::Jwt(j) => {
@@ -155,6 +172,14 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
                 req.remove_header(&X_FORWARDED_HOST);
             }
         }
+    }
+    if !ctx.host.is_empty()
+        && !req.headers.contains_key(http::header::HOST)
+        && req.uri.authority().is_none()
+    {
+        // Absolute-form or HTTP/1.0 without Host: give the upstream the host routing used, so
+        // a multi-vhost service cannot fall back to its default vhost.
+        req.insert_header("Host", ctx.host.as_str())?;
     }
     req.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
     Ok(())

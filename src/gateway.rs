@@ -91,7 +91,7 @@ pub struct Conn {
 pub fn raw_has_content_length(raw: &[u8]) -> bool {
     raw.split(|&b| b == b'\n').skip(1).any(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:")
+        line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:")
     })
 }
 
@@ -191,6 +191,7 @@ pub fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reject> {
         RouteMatch::MethodNotAllowed(allow) => return Err(Reject::MethodNotAllowed { allow }),
     };
     ctx.route = Some(route.clone());
+    check_upgrade(req, &route)?;
     if route.public {
         return Ok(());
     }
@@ -204,6 +205,18 @@ pub fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reject> {
     // Credentials never travel upstream: drop query-parameter keys here, headers in `forward`.
     if let Some(q) = ctx.query.take() {
         ctx.query = auth::strip_query_credentials(&route.authn, &q);
+    }
+    Ok(())
+}
+
+/// Upgrades are opt-in per route and only to WebSocket: after a 101 the connection becomes a
+/// byte tunnel that no later routing or policy sees, so it must be something the route asked
+/// for. (`h2c` upgrades, a known smuggling vector, are always refused.)
+fn check_upgrade(req: &RequestHeader, route: &Route) -> Result<(), Reject> {
+    let mut it = req.headers.get_all(http::header::UPGRADE).iter();
+    let Some(v) = it.next() else { return Ok(()) };
+    if !route.websocket || it.next().is_some() || !v.as_bytes().eq_ignore_ascii_case(b"websocket") {
+        return Err(Reject::UpgradeNotAllowed);
     }
     Ok(())
 }

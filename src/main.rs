@@ -77,6 +77,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match portcullis::config::load(&config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok ({} listeners, {} upstreams, {} routes)",
                     config.display(),
@@ -114,6 +117,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            for w in &loaded.warnings {
+                log::warn!("config: {w}");
+            }
             let opts = portcullis::server::RunOptions {
                 config_path: config,
                 upgrade,

@@ -156,6 +156,9 @@ impl ReloadService {
         let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
         match loaded {
             Ok(Ok(cfg)) => {
+                for w in &cfg.warnings {
+                    log::warn!("config: {w}");
+                }
                 if cfg.process != self.process {
                     log::warn!(
                         "config reload: server listeners/admin/threads/process settings changed; they take effect only after a binary upgrade or restart"

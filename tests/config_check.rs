@@ -79,6 +79,14 @@ fn broken_configs_name_each_path() {
             vec!["routes[0].match.methods[1]: unknown variant `TRACE`"],
         ),
         (
+            BASE.replace("listen:", "trusted_proxies: [\"0.0.0.0/0\"]\n  listen:"),
+            vec!["server.trusted_proxies[0]: \"0.0.0.0/0\" trusts every address"],
+        ),
+        (
+            format!("{BASE}  t: {{ targets: [\"127.0.0.1:9003\"], tls: {{ sni: \"Example.COM:443\" }} }}\n"),
+            vec!["upstreams.t.tls.sni: invalid server name"],
+        ),
+        (
             BASE.replace("127.0.0.1:18080", "127.0.0.1:9100"),
             vec!["server.admin: admin address 127.0.0.1:9100 shares a port"],
         ),
@@ -164,4 +172,23 @@ fn run_refuses_bad_config_and_busy_port() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn risky_settings_are_warned_about() {
+    let yaml = BASE.replace("listen:", "admin: \"0.0.0.0:19999\"\n  listen:")
+        + "  t: { targets: [\"127.0.0.1:9003\"], tls: { sni: localhost, verify: false } }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let (code, _out, err) = run_cli(&["check", "-c", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: server.admin: 0.0.0.0:19999 is not a loopback address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: upstreams.t.tls.verify: certificate verification is off"),
+        "{err}"
+    );
 }

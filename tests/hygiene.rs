@@ -148,11 +148,12 @@ fn body_and_header_limits() {
 fn ambiguous_framing_is_rejected() {
     let e = Echo::start("e");
     let gw = gateway("", &e);
-    let cases: [&[u8]; 4] = [
+    let cases: [&[u8]; 5] = [
         b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
         b"POST /x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length:\r\n\r\n0\r\n\r\n",
     ];
     for raw in cases {
         let r = request(gw.addr, raw);
@@ -259,4 +260,74 @@ fn tls_listener_serves_https_and_sets_proto() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
     drop(gw);
+}
+
+#[test]
+fn spoofing_variants_are_stripped() {
+    let e = Echo::start("e");
+    let gw = gateway("", &e);
+    let r = request(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 8.8.8.8\r\nX-Real_IP: 8.8.8.8\r\nX_Request_Id: spoof\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Server: s\r\nX-Original-URI: /admin\r\nTrue-Client-IP: 8.8.8.8\r\nX-Client-IP: 8.8.8.8\r\nFront-End-Https: on\r\nX-Url-Scheme: https\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let h = r.json()["headers"].clone();
+    let names: Vec<&String> = h.as_object().unwrap().keys().collect();
+    for n in &names {
+        assert!(!n.contains('_'), "{n} reached the upstream: {names:?}");
+    }
+    for bad in [
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-original-uri",
+        "true-client-ip",
+        "x-client-ip",
+        "front-end-https",
+        "x-url-scheme",
+    ] {
+        assert!(h.get(bad).is_none(), "{bad} reached the upstream");
+    }
+    assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
+}
+
+#[test]
+fn absolute_form_without_host_gets_the_routed_host() {
+    let e = Echo::start("e");
+    let gw = gateway("", &e);
+    let r = request(
+        gw.addr,
+        b"GET http://svc.example.com/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echoed_header("host").as_deref(), Some("svc.example.com"));
+    assert_eq!(r.json()["target"], "/x");
+}
+
+#[test]
+fn upgrades_are_opt_in_and_websocket_only() {
+    let e = Echo::start("e");
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "upstreams:\n  e: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: ws, match: {{ path_prefix: /ws }}, upstream: e, public: true, websocket: true }}\n  - {{ id: plain, match: {{ path_prefix: / }}, upstream: e, public: true }}\n",
+            e.addr
+        ),
+    );
+    let up = |path: &str, proto: &str| {
+        request(
+            gw.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: {proto}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes(),
+        )
+    };
+    let r = up("/plain", "websocket");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "upgrade_not_allowed");
+    let r = up("/ws/chat", "h2c");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "upgrade_not_allowed");
+    // On a websocket route the upgrade request is forwarded (the echo answers 200, no switch).
+    let r = up("/ws/chat", "websocket");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echoed_header("upgrade").as_deref(), Some("websocket"));
 }

@@ -173,7 +173,11 @@ impl JwtAuth {
             return Err(AuthError::TokenTooLarge);
         }
         let parts = split(token)?;
-        let alg_name = parts.header.get("alg").and_then(Value::as_str).ok_or(AuthError::MalformedToken)?;
+        let alg_name = parts
+            .header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or(AuthError::MalformedToken)?;
         // Compare the raw string against the allow-list: `none`, `None`, `NONE`, or anything
         // the library might parse loosely, never get further.
         let alg = self
@@ -221,8 +225,12 @@ impl JwtAuth {
         let mut scopes = Vec::new();
         for c in &self.scopes_claims {
             match claims.get(c) {
-                Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|x| !x.is_empty()).map(str::to_string)),
-                Some(Value::Array(a)) => scopes.extend(a.iter().filter_map(Value::as_str).map(str::to_string)),
+                Some(Value::String(s)) => {
+                    scopes.extend(s.split(' ').filter(|x| !x.is_empty()).map(str::to_string))
+                }
+                Some(Value::Array(a)) => {
+                    scopes.extend(a.iter().filter_map(Value::as_str).map(str::to_string))
+                }
                 _ => {}
             }
         }
@@ -272,11 +280,15 @@ fn map_error(e: jsonwebtoken::errors::Error) -> AuthError {
         K::ImmatureSignature => AuthError::TokenNotYetValid,
         K::InvalidIssuer => AuthError::BadIssuer,
         K::InvalidAudience => AuthError::BadAudience,
-        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => AuthError::AlgNotAllowed,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
+            AuthError::AlgNotAllowed
+        }
         K::MissingRequiredClaim(c) if c == "iss" => AuthError::BadIssuer,
         K::MissingRequiredClaim(c) if c == "aud" => AuthError::BadAudience,
         K::MissingRequiredClaim(_) => AuthError::MissingClaim,
-        K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => AuthError::BadSignature,
+        K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => {
+            AuthError::BadSignature
+        }
         _ => AuthError::MalformedToken,
     }
 }
@@ -284,7 +296,8 @@ fn map_error(e: jsonwebtoken::errors::Error) -> AuthError {
 /// Parse a JWKS document into keys. Refuses secrets (`oct`) and RSA keys under 2048 bits, and
 /// keys whose `alg` is outside `allowed`. Errors are for the config compiler.
 pub fn keys_from_jwks(json: &[u8], allowed: &[Algorithm]) -> Result<Vec<JwtKey>, String> {
-    let set: JwkSet = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let set: JwkSet =
+        serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut out = Vec::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         out.push(key_from_jwk(jwk, allowed).map_err(|e| format!("keys[{i}]: {e}"))?);
@@ -315,7 +328,9 @@ fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<JwtKey, String> {
     let alg = match jwk.common.key_algorithm {
         None => None,
         Some(ka) => {
-            let a: Algorithm = format!("{ka:?}").parse().map_err(|_| format!("unsupported alg {ka:?}"))?;
+            let a: Algorithm = format!("{ka:?}")
+                .parse()
+                .map_err(|_| format!("unsupported alg {ka:?}"))?;
             if !allowed.contains(&a) {
                 return Err(format!("alg {} is not in algorithms", alg_str(a)));
             }
@@ -345,7 +360,12 @@ pub fn key_from_pem(pem: &[u8], kid: Option<String>) -> Result<JwtKey, String> {
     } else {
         return Err("not an RSA, EC or Ed25519 public key in PEM format".into());
     };
-    Ok(JwtKey { kid, family, alg: None, key })
+    Ok(JwtKey {
+        kid,
+        family,
+        alg: None,
+        key,
+    })
 }
 
 pub fn key_from_secret(secret: &[u8], kid: Option<String>) -> Result<JwtKey, String> {

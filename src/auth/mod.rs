@@ -111,8 +111,8 @@ impl AuthError {
 /// A compiled authenticator.
 #[derive(Debug)]
 pub enum Authenticator {
-    ApiKey(api_key::ApiKeyAuth),
-    Jwt(jwt::JwtAuth),
+    ApiKey(Box<api_key::ApiKeyAuth>),
+    Jwt(Box<jwt::JwtAuth>),
 }
 
 const APIKEY_CHALLENGE: &str = "ApiKey realm=\"portcullis\"";
@@ -149,7 +149,7 @@ pub type AuthOutcome = Result<Principal, (AuthError, &'static str)>;
 
 /// The bearer token from `Authorization` (scheme case-insensitive). Two `Authorization`
 /// headers are ambiguous; another scheme is "no bearer token".
-pub fn bearer<'a>(headers: &'a http::HeaderMap) -> Result<Option<&'a [u8]>, AuthError> {
+pub fn bearer(headers: &http::HeaderMap) -> Result<Option<&[u8]>, AuthError> {
     let mut it = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(v) = it.next() else { return Ok(None) };
     if it.next().is_some() {
@@ -202,7 +202,9 @@ pub fn authenticate<'a>(
         }
     }
     if let Some(jwt0) = jwts.first() {
-        let jwt_auth = authn.iter().find(|a| matches!(a.as_ref(), Authenticator::Jwt(_)));
+        let jwt_auth = authn
+            .iter()
+            .find(|a| matches!(a.as_ref(), Authenticator::Jwt(_)));
         match bearer(creds.headers) {
             Ok(None) => {}
             Ok(Some(t)) => {
@@ -216,13 +218,15 @@ pub fn authenticate<'a>(
         let _ = jwt0;
     }
     let Some(found) = found else {
-        return Err(fail(None, AuthError::CredentialsMissing)).map_err(|(e, _)| {
-            (e, first.map_or(APIKEY_CHALLENGE, |a| a.challenge(e)))
-        });
+        return Err(fail(None, AuthError::CredentialsMissing))
+            .map_err(|(e, _)| (e, first.map_or(APIKEY_CHALLENGE, |a| a.challenge(e))));
     };
     match found {
         Found::ApiKey(k, key) => {
-            let a = authn.iter().find(|a| a.name() == &k.name).map(|a| a.as_ref());
+            let a = authn
+                .iter()
+                .find(|a| a.name() == &k.name)
+                .map(|a| a.as_ref());
             let r = k.verify(key, now).map_err(|e| fail(a, e));
             if r.is_ok() {
                 crate::metrics::auth_attempt(&k.name, None);
@@ -235,16 +239,28 @@ pub fn authenticate<'a>(
             let chosen = if jwts.len() == 1 {
                 Some(jwts[0])
             } else {
-                let iss = jwt::split(token)
-                    .ok()
-                    .and_then(|p| p.payload.get("iss").and_then(|v| v.as_str().map(str::to_string)));
-                iss.and_then(|iss| jwts.iter().copied().find(|j| j.issuer.as_deref() == Some(iss.as_str())))
+                let iss = jwt::split(token).ok().and_then(|p| {
+                    p.payload
+                        .get("iss")
+                        .and_then(|v| v.as_str().map(str::to_string))
+                });
+                iss.and_then(|iss| {
+                    jwts.iter()
+                        .copied()
+                        .find(|j| j.issuer.as_deref() == Some(iss.as_str()))
+                })
             };
-            let jwt_auth = authn.iter().find(|a| matches!(a.as_ref(), Authenticator::Jwt(_))).map(|a| a.as_ref());
+            let jwt_auth = authn
+                .iter()
+                .find(|a| matches!(a.as_ref(), Authenticator::Jwt(_)))
+                .map(|a| a.as_ref());
             let Some(j) = chosen else {
                 return Err(fail(jwt_auth, AuthError::BadIssuer));
             };
-            let a = authn.iter().find(|a| a.name() == &j.name).map(|a| a.as_ref());
+            let a = authn
+                .iter()
+                .find(|a| a.name() == &j.name)
+                .map(|a| a.as_ref());
             let r = j.verify(token, now).map_err(|e| fail(a, e));
             if r.is_ok() {
                 crate::metrics::auth_attempt(&j.name, None);

@@ -11,11 +11,11 @@ use super::{Config, Issue, Limits, Listener, ListenerTls, ProcessSettings, Snaps
 use crate::auth::api_key::{parse_hex32, ApiKeyAuth, ApiKeyEntry};
 use crate::auth::jwt::{self as jwtmod, JwtAuth, JwtKey};
 use crate::auth::Authenticator;
-use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use crate::clientip::{Cidr, CidrSet};
 use crate::route::normalize::{normalize_host, normalize_path};
 use crate::route::{HostSpec, PathSpec, Route, Router, ALL_METHODS};
 use crate::upstream::{HashKey, HealthSettings, Pool, PoolSpec, Timeouts, UpstreamTls};
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -29,10 +29,18 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
 struct Ctx<'a> {
     issues: Vec<Issue>,
+    warnings: Vec<Issue>,
     base: &'a Path,
 }
 
 impl Ctx<'_> {
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Issue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.issues.push(Issue {
             path: path.into(),
@@ -55,6 +63,7 @@ impl Ctx<'_> {
 pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
     let mut cx = Ctx {
         issues: Vec::new(),
+        warnings: Vec::new(),
         base,
     };
     let process = process_settings(&mut cx, raw);
@@ -68,6 +77,7 @@ pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
         return Err(cx.issues);
     }
     Ok(Config {
+        warnings: cx.warnings,
         process,
         snapshot: Snapshot {
             generation: 0,
@@ -102,6 +112,12 @@ fn process_settings(cx: &mut Ctx, raw: &RawConfig) -> ProcessSettings {
     let admin_str = s.admin.as_deref().unwrap_or(DEFAULT_ADMIN);
     let admin = match admin_str.parse::<SocketAddr>() {
         Ok(a) => {
+            if !a.ip().is_loopback() {
+                cx.warn(
+                    "server.admin",
+                    format!("{a} is not a loopback address: /metrics is reachable from the network (make sure a firewall restricts it)"),
+                );
+            }
             if listeners.iter().any(|l| l.addr.port() == a.port()) {
                 cx.err(
                     "server.admin",
@@ -183,6 +199,10 @@ fn trusted_proxies(cx: &mut Ctx, raw: &RawConfig) -> CidrSet {
     let mut v = Vec::new();
     for (i, c) in raw.server.trusted_proxies.iter().enumerate() {
         match Cidr::parse(c) {
+            Ok(cidr) if cidr.prefix_len() == 0 => cx.err(
+                format!("server.trusted_proxies[{i}]"),
+                format!("{c:?} trusts every address, so anyone could forge X-Forwarded-For; list your proxies' networks"),
+            ),
             Ok(c) => v.push(c),
             Err(e) => cx.err(format!("server.trusted_proxies[{i}]"), e),
         }
@@ -245,7 +265,7 @@ fn authenticators(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, Arc<Authent
         }
         if let Some(j) = &a.jwt {
             if let Some(auth) = jwt(cx, &format!("{path}.jwt"), name, j) {
-                out.insert(name.clone(), Arc::new(Authenticator::Jwt(auth)));
+                out.insert(name.clone(), Arc::new(Authenticator::Jwt(Box::new(auth))));
             }
         }
         if a.mtls.is_some() {
@@ -256,7 +276,10 @@ fn authenticators(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, Arc<Authent
         }
         if let Some(k) = &a.api_key {
             if let Some(auth) = api_key(cx, &format!("{path}.api_key"), name, k) {
-                out.insert(name.clone(), Arc::new(Authenticator::ApiKey(auth)));
+                out.insert(
+                    name.clone(),
+                    Arc::new(Authenticator::ApiKey(Box::new(auth))),
+                );
             }
         }
     }
@@ -291,11 +314,18 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         }
     }
     if algorithms.is_empty() {
-        cx.err(format!("{path}.algorithms"), "at least one algorithm is required");
+        cx.err(
+            format!("{path}.algorithms"),
+            "at least one algorithm is required",
+        );
         return None;
     }
-    let hmac = algorithms.iter().any(|a| a.family() == AlgorithmFamily::Hmac);
-    let public = algorithms.iter().any(|a| a.family() != AlgorithmFamily::Hmac);
+    let hmac = algorithms
+        .iter()
+        .any(|a| a.family() == AlgorithmFamily::Hmac);
+    let public = algorithms
+        .iter()
+        .any(|a| a.family() != AlgorithmFamily::Hmac);
     if hmac && public {
         cx.err(
             format!("{path}.algorithms"),
@@ -303,7 +333,10 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         );
     }
     if j.jwks.is_some() {
-        cx.err(format!("{path}.jwks"), "fetching a JWKS URL is not supported by this version yet; use jwks_file or keys");
+        cx.err(
+            format!("{path}.jwks"),
+            "fetching a JWKS URL is not supported by this version yet; use jwks_file or keys",
+        );
     }
     if let Some(i) = &j.issuer {
         if i.is_empty() {
@@ -313,8 +346,13 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
     let mut keys: Vec<JwtKey> = Vec::new();
     for (i, k) in j.keys.iter().enumerate() {
         let kp = format!("{path}.keys[{i}].pem_file");
-        let Some(file) = cx.file(&kp, &k.pem_file) else { continue };
-        match std::fs::read(&file).map_err(|e| e.to_string()).and_then(|pem| jwtmod::key_from_pem(&pem, k.kid.clone())) {
+        let Some(file) = cx.file(&kp, &k.pem_file) else {
+            continue;
+        };
+        match std::fs::read(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| jwtmod::key_from_pem(&pem, k.kid.clone()))
+        {
             Ok(key) => keys.push(key),
             Err(e) => cx.err(&kp, format!("{}: {e}", file.display())),
         }
@@ -322,7 +360,10 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
     if let Some(f) = &j.jwks_file {
         let fp = format!("{path}.jwks_file");
         if let Some(file) = cx.file(&fp, f) {
-            match std::fs::read(&file).map_err(|e| e.to_string()).and_then(|doc| jwtmod::keys_from_jwks(&doc, &algorithms)) {
+            match std::fs::read(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|doc| jwtmod::keys_from_jwks(&doc, &algorithms))
+            {
                 Ok(ks) => keys.extend(ks),
                 Err(e) => cx.err(&fp, format!("{}: {e}", file.display())),
             }
@@ -352,7 +393,10 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
                 }
             }),
             _ => {
-                cx.err(&sp, "exactly one of env or file is required (secrets never go in the YAML)");
+                cx.err(
+                    &sp,
+                    "exactly one of env or file is required (secrets never go in the YAML)",
+                );
                 None
             }
         };
@@ -368,10 +412,13 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         }
     }
     if hmac && j.hmac_secret.is_none() {
-        cx.err(&format!("{path}.hmac_secret"), "required for HS* algorithms");
+        cx.err(format!("{path}.hmac_secret"), "required for HS* algorithms");
     }
     if !hmac && j.hmac_secret.is_some() {
-        cx.err(&format!("{path}.hmac_secret"), "only used with HS* algorithms");
+        cx.err(
+            format!("{path}.hmac_secret"),
+            "only used with HS* algorithms",
+        );
     }
     if public && j.keys.is_empty() && j.jwks_file.is_none() {
         cx.err(path, "public-key algorithms need keys or jwks_file");
@@ -380,7 +427,10 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         if !algorithms.iter().any(|a| a.family() == k.family) {
             cx.err(
                 path,
-                format!("key {:?} is of a type none of the algorithms uses", k.kid.as_deref().unwrap_or("(no kid)")),
+                format!(
+                    "key {:?} is of a type none of the algorithms uses",
+                    k.kid.as_deref().unwrap_or("(no kid)")
+                ),
             );
         }
     }
@@ -398,7 +448,10 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
     }
     let max_token_bytes = j.max_token_bytes.map_or(8192, |b| b.0);
     if !(512..=65536).contains(&max_token_bytes) {
-        cx.err(format!("{path}.max_token_bytes"), "must be between 512 and 64KiB");
+        cx.err(
+            format!("{path}.max_token_bytes"),
+            "must be between 512 and 64KiB",
+        );
     }
     if cx.issues.len() != before {
         return None;
@@ -410,7 +463,9 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         algorithms,
         leeway,
         max_token_bytes as usize,
-        j.scopes_claim.clone().unwrap_or_else(|| vec!["scope".into(), "scp".into()]),
+        j.scopes_claim
+            .clone()
+            .unwrap_or_else(|| vec!["scope".into(), "scp".into()]),
         j.forward_token,
         keys,
     ))
@@ -645,10 +700,19 @@ fn pool_spec(cx: &mut Ctx, path: &str, name: &str, u: &RawUpstream) -> Option<Po
         cx.err(format!("{path}.retries"), "must be at most 10");
     }
     let tls = u.tls.as_ref().and_then(|t| {
-        if t.sni.is_empty() || normalize_host(t.sni.as_bytes()).is_err() {
+        if normalize_host(t.sni.as_bytes()).ok().as_deref() != Some(t.sni.as_str()) {
             cx.err(
                 format!("{path}.tls.sni"),
-                format!("invalid server name {:?}", t.sni),
+                format!(
+                    "invalid server name {:?}: a lower-case host name without port",
+                    t.sni
+                ),
+            );
+        }
+        if t.verify == Some(false) {
+            cx.warn(
+                format!("{path}.tls.verify"),
+                "certificate verification is off: anyone on the path can impersonate this upstream",
             );
         }
         let mut ca_digest = 0u64;
@@ -912,6 +976,7 @@ fn routes(
             authn,
             strip_prefix,
             methods,
+            websocket: r.websocket,
         });
         for h in &hosts {
             let key = (h.clone(), pspec.clone());

@@ -100,6 +100,8 @@ pub struct Snapshot {
 
 #[derive(Debug)]
 pub struct Config {
+    /// Accepted but risky settings, printed by `check` and logged at load.
+    pub warnings: Vec<Issue>,
     pub process: ProcessSettings,
     pub snapshot: Snapshot,
 }

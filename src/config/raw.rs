@@ -311,6 +311,9 @@ pub struct RawRoute {
     /// Remove the matched `path_prefix` before forwarding (`/api/v1/x` → `/x`).
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Allow WebSocket upgrades on this route. Off by default: any `Upgrade` request is 400.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

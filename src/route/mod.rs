@@ -35,6 +35,8 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     /// Bit set of allowed [`Method`]s.
     pub methods: u8,
+    /// `Upgrade: websocket` is allowed (and only that protocol).
+    pub websocket: bool,
 }
 
 impl Route {
@@ -221,6 +223,7 @@ mod tests {
             authn: Vec::new(),
             strip_prefix: None,
             methods,
+            websocket: false,
         })
     }
 
@@ -329,6 +332,7 @@ mod tests {
             authn: Vec::new(),
             strip_prefix: Some("/api/v1".into()),
             methods: ALL_METHODS,
+            websocket: false,
         };
         assert_eq!(rt.upstream_path("/api/v1/orders"), "/orders");
         assert_eq!(rt.upstream_path("/api/v1"), "/");

@@ -4,14 +4,16 @@
 //! path produced here, so a path cannot mean one thing to the policy and another to the
 //! service. Rules (documented in docs/routing.md):
 //!
-//! - percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are decoded; every other
+//! - percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) and the sub-delimiters
+//!   legal raw in a segment (`! $ & ' ( ) * + , = : @`) are decoded; every other
 //!   percent-encoding is kept, with upper-case hex;
 //! - dot-segments (`.`, `..`, also as `%2e`) are resolved (RFC 3986 §5.2.4; `..` at the root
 //!   stays at the root) and runs of `/` are collapsed;
 //! - rejected as ambiguous (400): encoded `/` or `\` (`%2F`, `%5C`), a raw `\`, NUL and other
 //!   control characters (raw or encoded), `;` path parameters (servlet containers strip them,
 //!   so `/public/..;/admin` would be read differently upstream), double encoding (`%25`
-//!   followed by two hex digits), malformed `%` escapes, and bytes that do not decode to UTF-8
+//!   followed by two hex digits, also when assembled from escapes like `%25%32%65`), malformed
+//!   `%` escapes, and bytes that do not decode to UTF-8
 //!   (which covers overlong encodings like `%C0%AE`);
 //! - raw characters that are not allowed in a path are percent-encoded.
 //!
@@ -61,6 +63,16 @@ impl PathError {
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Reserved characters that are legal raw in a path segment and that upstream frameworks decode
+/// anyway (`%3A` → `:`): decoding them makes `/jobs%3Apurge` and `/jobs:purge` one path for
+/// routing too. `/`, `\`, `?`, `#`, `;` and `%` are *not* in this set.
+fn is_decodable_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+    )
 }
 
 /// Characters that may appear raw in a path besides unreserved ones (RFC 3986 `pchar` and `/`,
@@ -140,7 +152,7 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
                 {
                     return Err(PathError::DoubleEncoding);
                 }
-                if is_unreserved(v) {
+                if is_unreserved(v) || is_decodable_delim(v) {
                     canon.push(v);
                 } else {
                     push_encoded(&mut canon, v);
@@ -168,6 +180,14 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
     }
     if any_non_ascii && std::str::from_utf8(&decoded).is_err() {
         return Err(PathError::InvalidUtf8);
+    }
+    // Double encoding can also be assembled from escapes: `%25%32%65` decodes to `%252e`.
+    // Check the output, not only the raw input.
+    if canon
+        .windows(5)
+        .any(|w| w.starts_with(b"%25") && hex_val(w[3]).is_some() && hex_val(w[4]).is_some())
+    {
+        return Err(PathError::DoubleEncoding);
     }
     Ok(remove_dot_segments(&canon))
 }
@@ -344,7 +364,10 @@ mod tests {
             ("/a/%2E/b", "/a/b"),
             ("/%61dmin", "/admin"),
             ("/a%7eb", "/a~b"),
-            ("/a%3ab", "/a%3Ab"),
+            ("/a%3ab", "/a:b"),
+            ("/jobs%3Apurge%40x%2B%21", "/jobs:purge@x+!"),
+            ("/a%3b", "/a%3B"),
+            ("/a%3f%23", "/a%3F%23"),
             ("/a b", "/a%20b"),
             ("/%e2%82%ac", "/%E2%82%AC"),
             ("/a/.../b", "/a/.../b"),
@@ -373,6 +396,9 @@ mod tests {
             ("/a%", PathError::BadEncoding),
             ("/a%252e", PathError::DoubleEncoding),
             ("/a%252F", PathError::DoubleEncoding),
+            ("/a%25%32%65", PathError::DoubleEncoding),
+            ("/a%252%65", PathError::DoubleEncoding),
+            ("/x%25%32%66..%25%32%66admin", PathError::DoubleEncoding),
             ("/public/..;/admin", PathError::Semicolon),
             ("/a;jsessionid=1", PathError::Semicolon),
             ("/a%C0%AE", PathError::InvalidUtf8),
