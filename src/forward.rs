@@ -107,6 +107,12 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
     // One pass to find the headers we must drop (usually none), instead of a hash lookup per
     // name on every request: path/method overrides, any client-sent `X-Portcullis-*` (the
     // identity contract: only the gateway writes those), and the route's credential headers.
+    let forward_token = ctx.principal.as_ref().is_some_and(|p| {
+        route.authn.iter().any(|a| match a.as_ref() {
+            crate::auth::Authenticator::Jwt(j) => j.forward_token && j.name == p.authenticator,
+            _ => false,
+        })
+    });
     let drop: Vec<HeaderName> = req
         .headers
         .keys()
@@ -114,8 +120,10 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
             must_drop(k.as_str(), ctx.peer_trusted)
                 || route.authn.iter().any(|a| match a.as_ref() {
                     crate::auth::Authenticator::ApiKey(x) => x.header == **k,
-                    crate::auth::Authenticator::Jwt(j) => {
-                        !j.forward_token && *k == http::header::AUTHORIZATION
+                    // The token goes upstream only if the authenticator that verified it
+                    // says `forward_token: true`.
+                    crate::auth::Authenticator::Jwt(_) => {
+                        *k == http::header::AUTHORIZATION && !forward_token
                     }
                 })
         })

@@ -156,6 +156,10 @@ pub fn bearer(headers: &http::HeaderMap) -> Result<Option<&[u8]>, AuthError> {
         return Err(AuthError::AmbiguousCredentials);
     }
     let v = v.as_bytes();
+    if v.eq_ignore_ascii_case(b"bearer") {
+        // `Bearer ` with nothing after it (parsers trim the trailing space).
+        return Err(AuthError::MalformedToken);
+    }
     if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
         return Ok(None);
     }
