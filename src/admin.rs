@@ -47,7 +47,10 @@ impl ServeHttp for AdminApp {
             "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/readyz" => {
                 let snap = self.state.snapshot.load();
-                if self.state.ready.load(Ordering::Acquire) {
+                // Ready once upstream health checks and every JWKS URL had a first round.
+                if self.state.ready.load(Ordering::Acquire)
+                    && crate::auth::jwks::all_attempted(&snap)
+                {
                     json(
                         StatusCode::OK,
                         serde_json::json!({"status": "ready", "generation": snap.generation}),

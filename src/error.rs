@@ -67,6 +67,11 @@ impl Reject {
             Reject::NoHealthyUpstream => 503,
             Reject::UpstreamConnect | Reject::UpstreamError => 502,
             Reject::UpstreamTimeout => 504,
+            // Not the caller's fault: the IdP's keys were never loaded.
+            Reject::Unauthenticated {
+                reason: AuthError::KeysUnavailable,
+                ..
+            } => 503,
             Reject::Unauthenticated { .. } => 401,
         }
     }

@@ -166,7 +166,7 @@ pub fn ip_text(ip: &IpAddr) -> String {
 }
 
 /// Decide whether the request may proceed to the upstream, and on which route.
-pub fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reject> {
+pub async fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reject> {
     let snapshot = ctx.snapshot.clone();
     check_limits(req, &snapshot)?;
     if ctx.te_with_cl {
@@ -200,6 +200,7 @@ pub fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reject> {
         query: ctx.query.as_deref(),
     };
     let principal = auth::authenticate(&route.authn, &creds, auth::time::now())
+        .await
         .map_err(|(reason, challenge)| Reject::Unauthenticated { reason, challenge })?;
     ctx.principal = Some(principal);
     // Credentials never travel upstream: drop query-parameter keys here, headers in `forward`.

@@ -22,6 +22,9 @@ pub struct Metrics {
     healthy_targets: IntGaugeVec,
     config_generation: IntGauge,
     auth_attempts: IntCounterVec,
+    jwks_fetches: IntCounterVec,
+    jwks_keys: IntGaugeVec,
+    jwks_last_success: IntGaugeVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -83,6 +86,27 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["authenticator", "result", "reason"],
     )?;
+    let jwks_fetches = IntCounterVec::new(
+        Opts::new(
+            "portcullis_jwks_fetches_total",
+            "JWKS URL fetches by authenticator and result (ok, error, invalid)",
+        ),
+        &["authenticator", "result"],
+    )?;
+    let jwks_keys = IntGaugeVec::new(
+        Opts::new(
+            "portcullis_jwks_keys",
+            "Keys in the last good JWKS, by authenticator",
+        ),
+        &["authenticator"],
+    )?;
+    let jwks_last_success = IntGaugeVec::new(
+        Opts::new(
+            "portcullis_jwks_last_success_timestamp_seconds",
+            "Unix time of the last successful JWKS fetch (alert on time() minus this)",
+        ),
+        &["authenticator"],
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new("portcullis_build_info", "Build information; always 1"),
         &["version"],
@@ -98,6 +122,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(healthy_targets.clone()))?;
     registry.register(Box::new(config_generation.clone()))?;
     registry.register(Box::new(auth_attempts.clone()))?;
+    registry.register(Box::new(jwks_fetches.clone()))?;
+    registry.register(Box::new(jwks_keys.clone()))?;
+    registry.register(Box::new(jwks_last_success.clone()))?;
     registry.register(Box::new(build_info))?;
     Ok(Metrics {
         registry,
@@ -109,6 +136,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         healthy_targets,
         config_generation,
         auth_attempts,
+        jwks_fetches,
+        jwks_keys,
+        jwks_last_success,
     })
 }
 
@@ -178,6 +208,25 @@ pub fn auth_attempt(authenticator: &str, reason: Option<&str>) {
         m.auth_attempts
             .with_label_values(&[authenticator, result, reason])
             .inc();
+    }
+}
+
+pub fn jwks_fetch(authenticator: &str, result: &str) {
+    if let Some(m) = get() {
+        m.jwks_fetches
+            .with_label_values(&[authenticator, result])
+            .inc();
+    }
+}
+
+pub fn jwks_loaded(authenticator: &str, keys: usize, unix_secs: u64) {
+    if let Some(m) = get() {
+        m.jwks_keys
+            .with_label_values(&[authenticator])
+            .set(keys as i64);
+        m.jwks_last_success
+            .with_label_values(&[authenticator])
+            .set(unix_secs as i64);
     }
 }
 

@@ -94,7 +94,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match gateway::admit(session.req_header(), ctx) {
+        match gateway::admit(session.req_header(), ctx).await {
             Ok(()) => Ok(false),
             Err(reject) => {
                 error::respond(session, &reject, &ctx.request_id).await?;

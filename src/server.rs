@@ -109,6 +109,12 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
         },
     ));
     server.add_service(background_service(
+        "jwks fetcher",
+        crate::auth::jwks::JwksService {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "config reload",
         ReloadService {
             state,

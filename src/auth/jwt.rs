@@ -13,11 +13,11 @@
 //! - a `crit` header is refused (we implement no extensions); tokens over `max_token_bytes`
 //!   (default 8 KiB) are refused unparsed.
 
+use super::jwks::{KeySet, RemoteJwks};
 use super::{AuthError, AuthMethod, Principal};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// One verification key.
@@ -51,9 +51,10 @@ pub struct JwtAuth {
     pub scopes_claims: Vec<String>,
     /// Forward the `Authorization` header upstream (default: removed).
     pub forward_token: bool,
-    /// Keys with a `kid`, by kid; keys without one are used only for tokens without `kid`.
-    pub by_kid: HashMap<String, Arc<JwtKey>>,
-    pub no_kid: Vec<Arc<JwtKey>>,
+    /// Keys from the config file(s).
+    pub static_keys: KeySet,
+    /// Keys from a JWKS URL, fetched in the background.
+    pub remote: Option<Arc<RemoteJwks>>,
     validation: Validation,
 }
 
@@ -124,6 +125,7 @@ impl JwtAuth {
         scopes_claims: Vec<String>,
         forward_token: bool,
         keys: Vec<JwtKey>,
+        remote: Option<Arc<RemoteJwks>>,
     ) -> JwtAuth {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.clone();
@@ -142,17 +144,6 @@ impl JwtAuth {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
-        let mut by_kid = HashMap::new();
-        let mut no_kid = Vec::new();
-        for k in keys {
-            let k = Arc::new(k);
-            match &k.kid {
-                Some(kid) => {
-                    by_kid.insert(kid.clone(), k);
-                }
-                None => no_kid.push(k),
-            }
-        }
         JwtAuth {
             name: name.into(),
             issuer,
@@ -162,9 +153,23 @@ impl JwtAuth {
             max_token_bytes,
             scopes_claims,
             forward_token,
-            by_kid,
-            no_kid,
+            static_keys: KeySet::new(keys),
+            remote,
             validation,
+        }
+    }
+
+    /// Verify, and on an unknown `kid` with a JWKS URL, ask for a refetch (rate-limited) and
+    /// try once more when it arrives in time.
+    pub async fn verify_async(&self, token: &[u8], now: u64) -> Result<Principal, AuthError> {
+        match self.verify(token, now) {
+            Err(AuthError::UnknownKey) => match &self.remote {
+                Some(r) if r.refetch_and_wait(std::time::Duration::from_secs(2)).await => {
+                    self.verify(token, now)
+                }
+                _ => Err(AuthError::UnknownKey),
+            },
+            other => other,
         }
     }
 
@@ -189,13 +194,28 @@ impl JwtAuth {
         if parts.header.contains_key("crit") {
             return Err(AuthError::MalformedToken);
         }
+        let remote = self.remote.as_ref().map(|r| r.keys.load_full());
+        let remote = remote.as_ref().and_then(|o| o.as_deref());
+        if self.static_keys.is_empty() && remote.is_none() {
+            return Err(AuthError::KeysUnavailable);
+        }
         let key = match parts.header.get("kid") {
-            Some(Value::String(kid)) => self.by_kid.get(kid).ok_or(AuthError::UnknownKey)?,
+            Some(Value::String(kid)) => self
+                .static_keys
+                .by_kid
+                .get(kid)
+                .or_else(|| remote.and_then(|r| r.by_kid.get(kid)))
+                .ok_or(AuthError::UnknownKey)?,
             Some(_) => return Err(AuthError::MalformedToken),
             None => {
                 // Without a kid, only an unambiguous key of the right family is tried: never
                 // "try every key" (a CPU amplification vector).
-                let mut c = self.no_kid.iter().filter(|k| k.family == alg.family());
+                let mut c = self
+                    .static_keys
+                    .no_kid
+                    .iter()
+                    .chain(remote.iter().flat_map(|r| r.no_kid.iter()))
+                    .filter(|k| k.family == alg.family());
                 match (c.next(), c.next()) {
                     (Some(k), None) => k,
                     _ => return Err(AuthError::UnknownKey),

@@ -11,6 +11,7 @@
 //! removing every client-sent header with that prefix (the identity propagation contract).
 
 pub mod api_key;
+pub mod jwks;
 pub mod jwt;
 pub mod time;
 
@@ -84,6 +85,8 @@ pub enum AuthError {
     BadAudience,
     #[error("the token lacks a required claim")]
     MissingClaim,
+    #[error("the keys to verify the token are not available yet")]
+    KeysUnavailable,
 }
 
 impl AuthError {
@@ -104,6 +107,7 @@ impl AuthError {
             AuthError::BadIssuer => "bad_issuer",
             AuthError::BadAudience => "bad_audience",
             AuthError::MissingClaim => "missing_claim",
+            AuthError::KeysUnavailable => "keys_unavailable",
         }
     }
 }
@@ -182,7 +186,7 @@ fn fail(a: Option<&Authenticator>, e: AuthError) -> (AuthError, &'static str) {
 }
 
 /// Authenticate against the route's authenticators ("any of"). `now` is Unix seconds.
-pub fn authenticate<'a>(
+pub async fn authenticate<'a>(
     authn: &'a [Arc<Authenticator>],
     creds: &Credentials<'a>,
     now: u64,
@@ -265,7 +269,7 @@ pub fn authenticate<'a>(
                 .iter()
                 .find(|a| a.name() == &j.name)
                 .map(|a| a.as_ref());
-            let r = j.verify(token, now).map_err(|e| fail(a, e));
+            let r = j.verify_async(token, now).await.map_err(|e| fail(a, e));
             if r.is_ok() {
                 crate::metrics::auth_attempt(&j.name, None);
             }

@@ -332,12 +332,38 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
             "do not mix HMAC (HS*) and public-key algorithms in one authenticator; use two authenticators",
         );
     }
-    if j.jwks.is_some() {
-        cx.err(
-            format!("{path}.jwks"),
-            "fetching a JWKS URL is not supported by this version yet; use jwks_file or keys",
-        );
-    }
+    let remote = j.jwks.as_ref().and_then(|w| {
+        let wp = format!("{path}.jwks");
+        let ok_url = w.url.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some()
+        });
+        if !ok_url {
+            cx.err(
+                format!("{wp}.url"),
+                format!(
+                    "invalid URL {:?}: expected http(s)://host[:port]/path",
+                    w.url
+                ),
+            );
+            return None;
+        }
+        let refresh = w.refresh.map_or(Duration::from_secs(600), |d| d.0);
+        let min_refetch = w.min_refetch.map_or(Duration::from_secs(30), |d| d.0);
+        if min_refetch < Duration::from_millis(100) || min_refetch > refresh {
+            cx.err(
+                format!("{wp}.min_refetch"),
+                "must be at least 100ms and at most refresh",
+            );
+            return None;
+        }
+        Some(crate::auth::jwks::remote_for(
+            &w.url,
+            name,
+            &algorithms,
+            refresh,
+            min_refetch,
+        ))
+    });
     if let Some(i) = &j.issuer {
         if i.is_empty() {
             cx.err(format!("{path}.issuer"), "must not be empty");
@@ -420,8 +446,8 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
             "only used with HS* algorithms",
         );
     }
-    if public && j.keys.is_empty() && j.jwks_file.is_none() {
-        cx.err(path, "public-key algorithms need keys or jwks_file");
+    if public && j.keys.is_empty() && j.jwks_file.is_none() && j.jwks.is_none() {
+        cx.err(path, "public-key algorithms need keys, jwks_file or jwks");
     }
     for k in &keys {
         if !algorithms.iter().any(|a| a.family() == k.family) {
@@ -468,6 +494,7 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
             .unwrap_or_else(|| vec!["scope".into(), "scp".into()]),
         j.forward_token,
         keys,
+        remote,
     ))
 }
 

@@ -55,8 +55,8 @@ pub struct RawJwt {
     pub keys: Vec<RawJwtKey>,
     /// A JWKS document on disk.
     pub jwks_file: Option<String>,
-    /// Reserved: fetching a JWKS URL lands with the rest of the authentication issue.
-    pub jwks: Option<IgnoredAny>,
+    /// A JWKS URL fetched in the background (see docs/authentication.md).
+    pub jwks: Option<RawJwksUrl>,
     /// Shared secret for HS256/384/512, from an environment variable or a file — never inline.
     pub hmac_secret: Option<RawSecret>,
     /// Clock skew allowed on `exp`, `nbf`, `iat`. Default 30s.
@@ -68,6 +68,16 @@ pub struct RawJwt {
     /// Send the `Authorization` header upstream. Default false (removed).
     #[serde(default)]
     pub forward_token: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwksUrl {
+    pub url: String,
+    /// Regular refresh (upper bound for `Cache-Control: max-age`). Default 10m.
+    pub refresh: Option<DurationStr>,
+    /// Lower bound between fetches, also for refetches on an unknown `kid`. Default 30s.
+    pub min_refetch: Option<DurationStr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
