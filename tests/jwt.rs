@@ -454,7 +454,7 @@ authenticators:
         "authenticators.mixed.jwt.algorithms: do not mix HMAC",
         "authenticators.mixed.jwt.hmac_secret: the secret must be at least 32 bytes",
         "authenticators.noenv.jwt.hmac_secret: environment variable PORTCULLIS_TEST_UNSET_VAR is not set",
-        "authenticators.nokeys.jwt: public-key algorithms need keys or jwks_file",
+        "authenticators.nokeys.jwt: public-key algorithms need keys, jwks_file or jwks",
     ] {
         assert!(err.contains(w), "missing {w:?} in\n{err}");
     }
