@@ -25,6 +25,7 @@ pub struct Metrics {
     jwks_fetches: IntCounterVec,
     jwks_keys: IntGaugeVec,
     jwks_last_success: IntGaugeVec,
+    token_cache: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -107,6 +108,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["authenticator"],
     )?;
+    let token_cache = IntCounterVec::new(
+        Opts::new(
+            "portcullis_token_cache_total",
+            "Verified-token cache lookups by authenticator and result (hit, miss)",
+        ),
+        &["authenticator", "result"],
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new("portcullis_build_info", "Build information; always 1"),
         &["version"],
@@ -125,6 +133,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(jwks_fetches.clone()))?;
     registry.register(Box::new(jwks_keys.clone()))?;
     registry.register(Box::new(jwks_last_success.clone()))?;
+    registry.register(Box::new(token_cache.clone()))?;
     registry.register(Box::new(build_info))?;
     Ok(Metrics {
         registry,
@@ -139,6 +148,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         jwks_fetches,
         jwks_keys,
         jwks_last_success,
+        token_cache,
     })
 }
 
@@ -207,6 +217,14 @@ pub fn auth_attempt(authenticator: &str, reason: Option<&str>) {
         };
         m.auth_attempts
             .with_label_values(&[authenticator, result, reason])
+            .inc();
+    }
+}
+
+pub fn token_cache(authenticator: &str, hit: bool) {
+    if let Some(m) = get() {
+        m.token_cache
+            .with_label_values(&[authenticator, if hit { "hit" } else { "miss" }])
             .inc();
     }
 }

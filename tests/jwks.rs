@@ -165,6 +165,16 @@ fn rotation_is_picked_up_without_restart() {
         m.contains("portcullis_jwks_fetches_total{authenticator=\"idp\",result=\"ok\"}"),
         "{m}"
     );
+    // k1 is retired by the IdP: once the new key set is fetched, the token that was verified
+    // (and cached) before no longer passes — the cache is emptied when the key set changes.
+    let k1 = token("rsa.key", "k1");
+    assert_eq!(call(&gw, &k1).status, 200);
+    server.set(200, jwks(&[("rsa-other.key", "k2")]));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(call(&gw, &token("rsa-other.key", "k9")).status, 401); // triggers the refetch
+    let r = call(&gw, &k1);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"], "unknown_key");
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub struct RemoteJwks {
     pub refresh: AtomicU64,
     pub min_refetch: AtomicU64,
     pub keys: ArcSwapOption<KeySet>,
+    /// Bumped on every published key set; token-cache entries of older generations are unused.
+    pub generation: AtomicU64,
     /// Unix ms of the last fetch attempt / success.
     pub last_attempt_ms: AtomicU64,
     pub last_success_ms: AtomicU64,
@@ -214,6 +216,7 @@ pub fn remote_for(
         refresh: AtomicU64::new(refresh.as_millis() as u64),
         min_refetch: AtomicU64::new(min_refetch.as_millis() as u64),
         keys: ArcSwapOption::empty(),
+        generation: AtomicU64::new(0),
         last_attempt_ms: AtomicU64::new(0),
         last_success_ms: AtomicU64::new(0),
         attempted: AtomicBool::new(false),
@@ -236,6 +239,7 @@ pub async fn fetch_once(r: &RemoteJwks) -> Duration {
                 let set = KeySet::new(keys);
                 crate::metrics::jwks_loaded(&r.label, set.len(), now_ms() / 1000);
                 r.keys.store(Some(Arc::new(set)));
+                r.generation.fetch_add(1, Ordering::AcqRel);
                 r.last_success_ms.store(now_ms(), Ordering::Relaxed);
                 crate::metrics::jwks_fetch(&r.label, "ok");
                 max_age.map_or(refresh, |a| a.clamp(min, refresh))

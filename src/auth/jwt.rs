@@ -55,7 +55,58 @@ pub struct JwtAuth {
     pub static_keys: KeySet,
     /// Keys from a JWKS URL, fetched in the background.
     pub remote: Option<Arc<RemoteJwks>>,
+    /// Verified-token cache (None when `token_cache: 0`).
+    pub cache: Option<TokenCache>,
     validation: Validation,
+}
+
+/// Verified tokens only. Bounded (TinyUFO: lock-free, TinyLFU admission, S3-FIFO eviction),
+/// keyed by a per-process randomly keyed 64-bit hash of the token; the entry keeps the token
+/// itself and a hit requires byte equality, so a hash collision can never hand one token's
+/// identity to another. Entries are used only before the token's `exp` and only while the key
+/// set they were verified with is current (a JWKS change empties the cache, lazily).
+pub struct TokenCache {
+    ufo: tinyufo::TinyUfo<u64, Arc<CachedToken>>,
+    hasher: ahash::RandomState,
+}
+
+pub struct CachedToken {
+    token: Box<[u8]>,
+    principal: Principal,
+    exp: u64,
+    key_generation: u64,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenCache")
+    }
+}
+
+impl TokenCache {
+    pub fn new(max_entries: usize) -> TokenCache {
+        TokenCache {
+            ufo: tinyufo::TinyUfo::new(max_entries, max_entries),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    fn get(&self, token: &[u8], now: u64, generation: u64) -> Option<Principal> {
+        let e = self.ufo.get(&self.hasher.hash_one(token))?;
+        (now < e.exp && e.key_generation == generation && *e.token == *token)
+            .then(|| e.principal.clone())
+    }
+
+    fn put(&self, token: &[u8], p: &Principal, generation: u64) {
+        let Some(exp) = p.expires_at else { return };
+        let entry = Arc::new(CachedToken {
+            token: token.into(),
+            principal: p.clone(),
+            exp,
+            key_generation: generation,
+        });
+        self.ufo.put(self.hasher.hash_one(token), entry, 1);
+    }
 }
 
 pub fn family_of(alg: Algorithm) -> AlgorithmFamily {
@@ -126,6 +177,7 @@ impl JwtAuth {
         forward_token: bool,
         keys: Vec<JwtKey>,
         remote: Option<Arc<RemoteJwks>>,
+        cache_entries: usize,
     ) -> JwtAuth {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.clone();
@@ -155,14 +207,25 @@ impl JwtAuth {
             forward_token,
             static_keys: KeySet::new(keys),
             remote,
+            cache: (cache_entries > 0).then(|| TokenCache::new(cache_entries)),
             validation,
         }
     }
 
-    /// Verify, and on an unknown `kid` with a JWKS URL, ask for a refetch (rate-limited) and
-    /// try once more when it arrives in time.
+    /// Verify (through the cache), and on an unknown `kid` with a JWKS URL, ask for a refetch
+    /// (rate-limited) and try once more when it arrives in time.
     pub async fn verify_async(&self, token: &[u8], now: u64) -> Result<Principal, AuthError> {
-        match self.verify(token, now) {
+        let generation = self.remote.as_ref().map_or(0, |r| {
+            r.generation.load(std::sync::atomic::Ordering::Acquire)
+        });
+        if let Some(c) = &self.cache {
+            if let Some(p) = c.get(token, now, generation) {
+                crate::metrics::token_cache(&self.name, true);
+                return Ok(p);
+            }
+            crate::metrics::token_cache(&self.name, false);
+        }
+        let result = match self.verify(token, now) {
             Err(AuthError::UnknownKey) => match &self.remote {
                 Some(r) if r.refetch_and_wait(std::time::Duration::from_secs(2)).await => {
                     self.verify(token, now)
@@ -170,7 +233,13 @@ impl JwtAuth {
                 _ => Err(AuthError::UnknownKey),
             },
             other => other,
+        };
+        if let (Ok(p), Some(c)) = (&result, &self.cache) {
+            // Cache under the generation that was current *before* verifying: if keys changed
+            // meanwhile, the entry is simply never used.
+            c.put(token, p, generation);
         }
+        result
     }
 
     pub fn verify(&self, token: &[u8], now: u64) -> Result<Principal, AuthError> {

@@ -479,6 +479,10 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
             "must be between 512 and 64KiB",
         );
     }
+    let cache_entries = j.token_cache.unwrap_or(10_000);
+    if cache_entries > 1_000_000 {
+        cx.err(format!("{path}.token_cache"), "must be at most 1000000");
+    }
     if cx.issues.len() != before {
         return None;
     }
@@ -495,6 +499,7 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         j.forward_token,
         keys,
         remote,
+        cache_entries,
     ))
 }
 

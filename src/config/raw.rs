@@ -68,6 +68,8 @@ pub struct RawJwt {
     /// Send the `Authorization` header upstream. Default false (removed).
     #[serde(default)]
     pub forward_token: bool,
+    /// Verified-token cache entries (0 disables). Default 10000.
+    pub token_cache: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
