@@ -13,5 +13,15 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
 # A second, unrelated CA: upstream verification against it must fail.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500 \
   -subj "/CN=Unrelated CA" -keyout other-ca.key -out other-ca.pem 2>/dev/null
-rm -f server.csr server.ext ca.srl other-ca.key
+# Client certificates for mTLS: one issued by the test CA (SAN URI + DNS, CN alice), one
+# self-signed "rogue" certificate that no trusted CA vouches for.
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -subj "/CN=alice" -keyout client.key -out client.csr 2>/dev/null
+printf "subjectAltName=URI:spiffe://portcullis.test/alice,DNS:alice.clients.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n" > client.ext
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 36500 \
+  -extfile client.ext -out client.pem 2>/dev/null
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500 \
+  -subj "/CN=alice" -addext "subjectAltName=URI:spiffe://portcullis.test/alice" \
+  -keyout rogue-client.key -out rogue-client.pem 2>/dev/null
+rm -f server.csr server.ext client.csr client.ext ca.srl other-ca.key
 echo "regenerated $(pwd)"

@@ -125,6 +125,7 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
                     crate::auth::Authenticator::Jwt(_) => {
                         *k == http::header::AUTHORIZATION && !forward_token
                     }
+                    crate::auth::Authenticator::Mtls(_) => false,
                 })
         })
         .cloned()

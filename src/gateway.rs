@@ -47,6 +47,7 @@ pub struct RequestCtx {
     pub body_bytes: u64,
     /// See [`Conn::te_with_cl`].
     pub te_with_cl: bool,
+    pub client_cert: Option<Arc<auth::mtls::ClientCert>>,
 }
 
 impl RequestCtx {
@@ -70,6 +71,7 @@ impl RequestCtx {
             target: None,
             body_bytes: 0,
             te_with_cl: false,
+            client_cert: None,
         }
     }
 
@@ -85,6 +87,8 @@ pub struct Conn {
     pub tls: bool,
     /// The raw request carried `Content-Length` next to `Transfer-Encoding`.
     pub te_with_cl: bool,
+    /// The connection's verified client certificate (mTLS listeners).
+    pub client_cert: Option<Arc<auth::mtls::ClientCert>>,
 }
 
 /// Whether raw HTTP/1 header bytes contain a `Content-Length` field.
@@ -100,6 +104,7 @@ pub fn identify(req: &RequestHeader, conn: &Conn, ctx: &mut RequestCtx) {
     ctx.tls = conn.tls;
     ctx.peer_ip = conn.peer;
     ctx.te_with_cl = conn.te_with_cl;
+    ctx.client_cert = conn.client_cert.clone();
     if let Some(peer) = conn.peer {
         ctx.peer_text = ip_text(&peer);
         let xff = req
@@ -198,6 +203,7 @@ pub async fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reje
     let creds = auth::Credentials {
         headers: &req.headers,
         query: ctx.query.as_deref(),
+        client_cert: ctx.client_cert.as_deref(),
     };
     let principal = auth::authenticate(&route.authn, &creds, auth::time::now())
         .await

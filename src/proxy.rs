@@ -39,8 +39,14 @@ fn conn_facts(session: &Session) -> Conn {
         && session
             .as_http1()
             .is_some_and(|h1| gateway::raw_has_content_length(&h1.get_headers_raw_bytes()));
+    let client_cert = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|s| s.extension.get::<crate::auth::mtls::ClientCert>())
+        .map(|c| Arc::new(c.clone()));
     Conn {
         te_with_cl,
+        client_cert,
         peer: session
             .client_addr()
             .and_then(|a| a.as_inet())

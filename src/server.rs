@@ -80,12 +80,8 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
         match &l.tls {
             None => proxy.add_tcp(&addr),
             Some(tls) => {
-                let mut settings = TlsSettings::intermediate(
-                    &tls.cert.to_string_lossy(),
-                    &tls.key.to_string_lossy(),
-                )
-                .map_err(|e| format!("server.listen {addr}: TLS setup failed: {e}"))?;
-                settings.enable_h2();
+                let settings = tls_settings(tls)
+                    .map_err(|e| format!("server.listen {addr}: TLS setup failed: {e}"))?;
                 proxy.add_tls_with_settings(&addr, None, settings);
             }
         }
@@ -124,6 +120,46 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     ));
     log::info!("portcullis {} starting", env!("CARGO_PKG_VERSION"));
     server.run_forever()
+}
+
+/// TLS 1.2+ (Mozilla "intermediate"), ALPN h2 and http/1.1; with `client_ca`, client
+/// certificates are verified against it during the handshake and their identity is extracted
+/// once per connection (see `auth::mtls`).
+fn tls_settings(tls: &config::ListenerTls) -> Result<TlsSettings, String> {
+    use pingora::tls::ssl::{SslFiletype, SslVerifyMode};
+    let cert = tls.cert.to_string_lossy();
+    let key = tls.key.to_string_lossy();
+    let mut settings = match &tls.client_auth {
+        None => TlsSettings::intermediate(&cert, &key).map_err(|e| e.to_string())?,
+        Some((ca, mode)) => {
+            let mut s =
+                TlsSettings::with_callbacks(Box::new(crate::auth::mtls::ClientCertExtractor))
+                    .map_err(|e| e.to_string())?;
+            s.set_certificate_chain_file(&*cert)
+                .map_err(|e| e.to_string())?;
+            s.set_private_key_file(&*key, SslFiletype::PEM)
+                .map_err(|e| e.to_string())?;
+            s.check_private_key().map_err(|e| e.to_string())?;
+            s.set_ca_file(ca).map_err(|e| e.to_string())?;
+            // Tell clients which CAs are accepted.
+            if let Ok(names) = pingora::tls::x509::X509Name::load_client_ca_file(ca) {
+                s.set_client_ca_list(names);
+            }
+            // Required by OpenSSL for session resumption when client certificates are verified.
+            s.set_session_id_context(b"portcullis")
+                .map_err(|e| e.to_string())?;
+            let verify = match mode {
+                config::raw::ClientAuth::Optional => SslVerifyMode::PEER,
+                config::raw::ClientAuth::Required => {
+                    SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT
+                }
+            };
+            s.set_verify(verify);
+            s
+        }
+    };
+    settings.enable_h2();
+    Ok(settings)
 }
 
 /// Reloads the config on SIGHUP. Pingora does not handle SIGHUP (its default action would kill

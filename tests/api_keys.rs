@@ -276,7 +276,7 @@ authenticators:
       keys:
         - { id: a, sha256: "abc", consumer: "bad consumer" }
         - { id: a, sha256: "856dd166b0544b69b93fc237db45865da8c7e8e367efcb04063b40c9c635a286", consumer: c, expires: "tomorrow" }
-  both: { api_key: { keys: [] }, mtls: {} }
+  both: { api_key: { keys: [] }, mtls: { identity: san_uri } }
 upstreams:
   e: { targets: ["127.0.0.1:9"] }
 routes:

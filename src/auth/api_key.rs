@@ -169,28 +169,33 @@ mod tests {
         let c = Credentials {
             headers: &h,
             query: Some("x=1&api_key=good"),
+            client_cert: None,
         };
         assert_eq!(a.extract(&c), Ok(Some(&b"good"[..])));
         let c = Credentials {
             headers: &h,
             query: Some("api_key=a&api_key=b"),
+            client_cert: None,
         };
         assert_eq!(a.extract(&c), Err(AuthError::AmbiguousCredentials));
         h.append("x-api-key", "good".parse().unwrap());
         let c = Credentials {
             headers: &h,
             query: None,
+            client_cert: None,
         };
         assert_eq!(a.extract(&c), Ok(Some(&b"good"[..])));
         let c = Credentials {
             headers: &h,
             query: Some("api_key=good"),
+            client_cert: None,
         };
         assert_eq!(a.extract(&c), Err(AuthError::AmbiguousCredentials));
         h.append("X-API-KEY", "other".parse().unwrap());
         let c = Credentials {
             headers: &h,
             query: None,
+            client_cert: None,
         };
         assert_eq!(a.extract(&c), Err(AuthError::AmbiguousCredentials));
     }

@@ -13,6 +13,7 @@
 pub mod api_key;
 pub mod jwks;
 pub mod jwt;
+pub mod mtls;
 pub mod time;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use thiserror::Error;
 pub enum AuthMethod {
     ApiKey,
     Jwt,
+    Mtls,
 }
 
 impl AuthMethod {
@@ -30,6 +32,7 @@ impl AuthMethod {
         match self {
             AuthMethod::ApiKey => "api_key",
             AuthMethod::Jwt => "jwt",
+            AuthMethod::Mtls => "mtls",
         }
     }
 }
@@ -87,6 +90,8 @@ pub enum AuthError {
     MissingClaim,
     #[error("the keys to verify the token are not available yet")]
     KeysUnavailable,
+    #[error("the client certificate does not carry the configured identity")]
+    CertificateIdentityMissing,
 }
 
 impl AuthError {
@@ -108,6 +113,7 @@ impl AuthError {
             AuthError::BadAudience => "bad_audience",
             AuthError::MissingClaim => "missing_claim",
             AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::CertificateIdentityMissing => "certificate_identity_missing",
         }
     }
 }
@@ -117,17 +123,21 @@ impl AuthError {
 pub enum Authenticator {
     ApiKey(Box<api_key::ApiKeyAuth>),
     Jwt(Box<jwt::JwtAuth>),
+    Mtls(mtls::MtlsAuth),
 }
 
 const APIKEY_CHALLENGE: &str = "ApiKey realm=\"portcullis\"";
 const BEARER_CHALLENGE: &str = "Bearer realm=\"portcullis\"";
 const BEARER_INVALID: &str = "Bearer realm=\"portcullis\", error=\"invalid_token\"";
+/// There is no HTTP scheme for client certificates; name what is expected.
+const MTLS_CHALLENGE: &str = "ClientCertificate realm=\"portcullis\"";
 
 impl Authenticator {
     pub fn name(&self) -> &Arc<str> {
         match self {
             Authenticator::ApiKey(a) => &a.name,
             Authenticator::Jwt(a) => &a.name,
+            Authenticator::Mtls(a) => &a.name,
         }
     }
 
@@ -138,6 +148,7 @@ impl Authenticator {
             (Authenticator::ApiKey(_), _) => APIKEY_CHALLENGE,
             (Authenticator::Jwt(_), AuthError::CredentialsMissing) => BEARER_CHALLENGE,
             (Authenticator::Jwt(_), _) => BEARER_INVALID,
+            (Authenticator::Mtls(_), _) => MTLS_CHALLENGE,
         }
     }
 }
@@ -146,6 +157,8 @@ impl Authenticator {
 pub struct Credentials<'a> {
     pub headers: &'a http::HeaderMap,
     pub query: Option<&'a str>,
+    /// The verified client certificate of the connection, if any.
+    pub client_cert: Option<&'a mtls::ClientCert>,
 }
 
 /// Outcome of [`authenticate`]: the principal, or the error and the challenge to send.
@@ -177,6 +190,7 @@ pub fn bearer(headers: &http::HeaderMap) -> Result<Option<&[u8]>, AuthError> {
 enum Found<'a> {
     ApiKey(&'a api_key::ApiKeyAuth, &'a [u8]),
     Bearer(&'a [u8]),
+    Cert(&'a mtls::MtlsAuth, &'a mtls::ClientCert),
 }
 
 fn fail(a: Option<&Authenticator>, e: AuthError) -> (AuthError, &'static str) {
@@ -207,6 +221,14 @@ pub async fn authenticate<'a>(
                 Err(e) => return Err(fail(Some(a), e)),
             },
             Authenticator::Jwt(j) => jwts.push(j),
+            Authenticator::Mtls(m) => {
+                if let Some(cert) = creds.client_cert {
+                    if found.is_some() {
+                        return Err(fail(None, AuthError::AmbiguousCredentials));
+                    }
+                    found = Some(Found::Cert(m, cert));
+                }
+            }
         }
     }
     if let Some(jwt0) = jwts.first() {
@@ -230,6 +252,17 @@ pub async fn authenticate<'a>(
             .map_err(|(e, _)| (e, first.map_or(APIKEY_CHALLENGE, |a| a.challenge(e))));
     };
     match found {
+        Found::Cert(m, cert) => {
+            let a = authn
+                .iter()
+                .find(|a| a.name() == &m.name)
+                .map(|a| a.as_ref());
+            let r = m.verify(cert).map_err(|e| fail(a, e));
+            if r.is_ok() {
+                crate::metrics::auth_attempt(&m.name, None);
+            }
+            r
+        }
         Found::ApiKey(k, key) => {
             let a = authn
                 .iter()
@@ -285,7 +318,7 @@ pub fn strip_query_credentials(authn: &[Arc<Authenticator>], query: &str) -> Opt
         .iter()
         .filter_map(|a| match a.as_ref() {
             Authenticator::ApiKey(k) => k.query.as_deref(),
-            Authenticator::Jwt(_) => None,
+            Authenticator::Jwt(_) | Authenticator::Mtls(_) => None,
         })
         .collect();
     if names.is_empty() {

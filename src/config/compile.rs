@@ -184,9 +184,30 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener) -> Option<Listener> {
     let tls = l.tls.as_ref().and_then(|t| {
         let cert = cx.file(&format!("{path}.tls.cert"), &t.cert);
         let key = cx.file(&format!("{path}.tls.key"), &t.key);
+        let client_auth = match (&t.client_ca, t.client_auth) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                cx.err(format!("{path}.tls.client_auth"), "requires client_ca");
+                return None;
+            }
+            (Some(ca), mode) => {
+                let cap = format!("{path}.tls.client_ca");
+                let file = cx.file(&cap, ca)?;
+                let ok = std::fs::read(&file)
+                    .ok()
+                    .and_then(|pem| pingora::tls::x509::X509::stack_from_pem(&pem).ok())
+                    .is_some_and(|v| !v.is_empty());
+                if !ok {
+                    cx.err(&cap, format!("{} holds no PEM certificate", file.display()));
+                    return None;
+                }
+                Some((file, mode.unwrap_or(super::raw::ClientAuth::Optional)))
+            }
+        };
         Some(ListenerTls {
             cert: cert?,
             key: key?,
+            client_auth,
         })
     });
     if l.tls.is_some() && tls.is_none() {
@@ -268,10 +289,31 @@ fn authenticators(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, Arc<Authent
                 out.insert(name.clone(), Arc::new(Authenticator::Jwt(Box::new(auth))));
             }
         }
-        if a.mtls.is_some() {
-            cx.err(
-                format!("{path}.mtls"),
-                "mtls authenticators are not supported by this version yet",
+        if let Some(m) = &a.mtls {
+            use super::raw::MtlsIdentity as I;
+            use crate::auth::mtls::{Identity, MtlsAuth};
+            let identity = match m.identity {
+                I::SanUri => Identity::SanUri,
+                I::SanDns => Identity::SanDns,
+                I::SubjectCn => Identity::SubjectCn,
+            };
+            if !raw
+                .server
+                .listen
+                .iter()
+                .any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()))
+            {
+                cx.err(
+                    format!("{path}.mtls"),
+                    "no listener has tls.client_ca, so no client certificate can ever be presented",
+                );
+            }
+            out.insert(
+                name.clone(),
+                Arc::new(Authenticator::Mtls(MtlsAuth {
+                    name: name.as_str().into(),
+                    identity,
+                })),
             );
         }
         if let Some(k) = &a.api_key {

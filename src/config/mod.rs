@@ -59,6 +59,8 @@ impl ConfigError {
 pub struct ListenerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Client CA bundle and mode, when the listener does mTLS.
+    pub client_auth: Option<(PathBuf, raw::ClientAuth)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

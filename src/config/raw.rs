@@ -36,8 +36,7 @@ pub struct RawConfig {
 pub struct RawAuthenticator {
     pub api_key: Option<RawApiKey>,
     pub jwt: Option<RawJwt>,
-    /// Reserved: mTLS lands with the rest of the authentication issue.
-    pub mtls: Option<IgnoredAny>,
+    pub mtls: Option<RawMtls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +174,34 @@ pub struct RawListener {
 pub struct RawListenerTls {
     pub cert: String,
     pub key: String,
+    /// PEM bundle of CAs that issue client certificates (enables mTLS on this listener).
+    pub client_ca: Option<String>,
+    /// `optional` (default with `client_ca`) or `required`.
+    pub client_auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// A certificate, if sent, must verify; connections without one are accepted.
+    Optional,
+    /// The handshake fails without a certificate that verifies.
+    Required,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtls {
+    /// Which certificate field names the caller.
+    pub identity: MtlsIdentity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsIdentity {
+    SanUri,
+    SanDns,
+    SubjectCn,
 }
 
 #[derive(Debug, Default, Deserialize)]
