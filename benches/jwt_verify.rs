@@ -3,7 +3,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use portcullis::auth::jwt::{key_from_pem, key_from_secret, JwtAuth};
+use portcullis::auth::jwt::{key_from_pem, key_from_secret, JwtAuth, JwtOptions};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-bench-secret";
 
@@ -20,6 +20,14 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+fn options(alg: Algorithm, cache_entries: usize) -> JwtOptions {
+    let mut o = JwtOptions::new(vec![alg]);
+    o.issuer = Some("https://idp.test/".into());
+    o.audiences = vec!["api".into()];
+    o.cache_entries = cache_entries;
+    o
 }
 
 fn bench(c: &mut Criterion) {
@@ -51,19 +59,7 @@ fn bench(c: &mut Criterion) {
         let mut h = Header::new(alg);
         h.kid = Some("k".into());
         let token = encode(&h, &claims, &enc).unwrap();
-        let no_cache = JwtAuth::new(
-            "b",
-            Some("https://idp.test/".into()),
-            vec!["api".into()],
-            vec![alg],
-            30,
-            8192,
-            vec!["scope".into()],
-            false,
-            vec![key],
-            None,
-            0,
-        );
+        let no_cache = JwtAuth::new("b", options(alg, 0), vec![key], None);
         let t = now();
         assert!(no_cache.verify(token.as_bytes(), t).is_ok());
         c.bench_function(&format!("jwt_verify/{alg:?}/miss"), |b| {
@@ -76,19 +72,7 @@ fn bench(c: &mut Criterion) {
     let mut h = Header::new(Algorithm::RS256);
     h.kid = Some("k".into());
     let token = encode(&h, &claims, &enc).unwrap();
-    let cached = JwtAuth::new(
-        "b",
-        Some("https://idp.test/".into()),
-        vec!["api".into()],
-        vec![Algorithm::RS256],
-        30,
-        8192,
-        vec!["scope".into()],
-        false,
-        vec![key],
-        None,
-        10_000,
-    );
+    let cached = JwtAuth::new("b", options(Algorithm::RS256, 10_000), vec![key], None);
     let t = now();
     assert!(futures::executor::block_on(cached.verify_async(token.as_bytes(), t)).is_ok());
     c.bench_function("jwt_verify/RS256/cache_hit", |b| {

@@ -52,6 +52,35 @@ fn must_drop(name: &str, peer_trusted: bool) -> bool {
         || (!peer_trusted && name.starts_with("x-forwarded-"))
 }
 
+/// Remove the cookies that carry a JWT for the route's authenticators (the token must not
+/// travel upstream unless `forward_token`).
+fn strip_token_cookies(req: &mut RequestHeader, route: &crate::route::Route) -> Result<()> {
+    let names: Vec<&str> = route
+        .authn
+        .iter()
+        .filter_map(|a| match a.as_ref() {
+            crate::auth::Authenticator::Jwt(j) => j.cookie.as_deref(),
+            _ => None,
+        })
+        .collect();
+    if names.is_empty() || !req.headers.contains_key(http::header::COOKIE) {
+        return Ok(());
+    }
+    let kept: Vec<String> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .map(|p| String::from_utf8_lossy(p.trim_ascii()).into_owned())
+        .filter(|p| !p.is_empty() && !names.iter().any(|n| p.split('=').next() == Some(n)))
+        .collect();
+    req.remove_header(&http::header::COOKIE);
+    if !kept.is_empty() {
+        req.insert_header("Cookie", kept.join("; "))?;
+    }
+    Ok(())
+}
+
 /// Prefix of every identity header. Client-sent headers with it are always removed.
 pub const IDENTITY_PREFIX: &str = "x-portcullis-";
 
@@ -72,8 +101,16 @@ fn set_identity(req: &mut RequestHeader, p: &crate::auth::Principal) -> Result<(
     if !p.scopes.is_empty() {
         req.insert_header("X-Portcullis-Scopes", p.scopes.join(" "))?;
     }
+    if !p.roles.is_empty() {
+        req.insert_header("X-Portcullis-Roles", p.roles.join(" "))?;
+    }
     if !p.groups.is_empty() {
         req.insert_header("X-Portcullis-Groups", p.groups.join(" "))?;
+    }
+    for (name, value) in p.claims.iter() {
+        // `_` → `-`: header names with `_` are dropped by many proxies (and by us, inbound).
+        let header = format!("X-Portcullis-Claim-{}", name.replace('_', "-"));
+        req.insert_header(header, value.as_str())?;
     }
     Ok(())
 }
@@ -122,8 +159,9 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
                     crate::auth::Authenticator::ApiKey(x) => x.header == **k,
                     // The token goes upstream only if the authenticator that verified it
                     // says `forward_token: true`.
-                    crate::auth::Authenticator::Jwt(_) => {
-                        *k == http::header::AUTHORIZATION && !forward_token
+                    crate::auth::Authenticator::Jwt(j) => {
+                        (*k == http::header::AUTHORIZATION || j.header.as_ref() == Some(*k))
+                            && !forward_token
                     }
                     crate::auth::Authenticator::Mtls(_) => false,
                 })
@@ -133,6 +171,9 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Re
     for h in &drop {
         // `remove_header` drops every value of the name.
         req.remove_header(h);
+    }
+    if !forward_token {
+        strip_token_cookies(req, route)?;
     }
     if let Some(p) = &ctx.principal {
         set_identity(req, p)?;

@@ -489,3 +489,74 @@ fn verified_tokens_are_cached_until_exp() {
     assert_eq!(bearer(g, "/rsa", &t).status, 200);
     assert_eq!(g.metric(misses), before + 1.0);
 }
+
+#[test]
+fn cookie_and_header_sources_roles_groups_and_claims() {
+    let e = Echo::start("e");
+    let body = format!(
+        r#"authenticators:
+  web:
+    jwt:
+      issuer: "https://rsa.test/"
+      algorithms: [RS256]
+      keys: [{{ kid: rsa-1, pem_file: "{rsa}" }}]
+      cookie: session
+      header: x-access-token
+      roles_claim: realm_access.roles
+      groups_claim: groups
+      forward_claims: [tenant, email_verified, level]
+upstreams:
+  e: {{ targets: ["{addr}"] }}
+routes:
+  - {{ id: web, match: {{ path_prefix: / }}, upstream: e, authn: [web] }}
+"#,
+        rsa = fixture("jwt/rsa.pub.pem"),
+        addr = e.addr
+    );
+    let gw = Gateway::start("", &body);
+    let mut c = claims("https://rsa.test/");
+    c["realm_access"] = json!({"roles": ["reader", "admin"]});
+    c["groups"] = "team-a team-b".into();
+    c["tenant"] = "acme".into();
+    c["email_verified"] = true.into();
+    c["level"] = 3.into();
+    c["ignored"] = "x".into();
+    let t = sign(Algorithm::RS256, Some("rsa-1"), &c);
+    let send = |extra: &str| {
+        request(
+            gw.addr,
+            format!("GET /x HTTP/1.1\r\nHost: a\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    // From a cookie: other cookies pass, the token cookie does not.
+    let r = send(&format!("Cookie: theme=dark; session={t}; lang=en\r\n"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = r.json()["headers"].clone();
+    assert_eq!(h["cookie"][0], "theme=dark; lang=en");
+    assert_eq!(h["x-portcullis-roles"][0], "reader admin");
+    assert_eq!(h["x-portcullis-groups"][0], "team-a team-b");
+    assert_eq!(h["x-portcullis-claim-tenant"][0], "acme");
+    assert_eq!(h["x-portcullis-claim-email-verified"][0], "true");
+    assert_eq!(h["x-portcullis-claim-level"][0], "3");
+    assert!(h.get("x-portcullis-claim-ignored").is_none());
+    // From a custom header, removed before forwarding.
+    let r = send(&format!("X-Access-Token: {t}\r\n"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["headers"].get("x-access-token").is_none());
+    // Two sources at once, or the cookie twice: ambiguous, never "first wins".
+    let r = send(&format!(
+        "X-Access-Token: {t}\r\nAuthorization: Bearer {t}\r\n"
+    ));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "ambiguous_credentials");
+    let r = send(&format!("Cookie: session={t}\r\nCookie: session={t}\r\n"));
+    assert_eq!(r.json()["error"], "ambiguous_credentials");
+    // A spoofed claim header from the client never survives.
+    let r = send(&format!(
+        "Cookie: session={t}\r\nX-Portcullis-Claim-Tenant: evil\r\n"
+    ));
+    assert_eq!(
+        r.json()["headers"]["x-portcullis-claim-tenant"],
+        json!(["acme"])
+    );
+}

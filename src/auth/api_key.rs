@@ -102,7 +102,9 @@ impl ApiKeyAuth {
             key_id: Some(entry.id.clone()),
             issuer: None,
             scopes: entry.scopes.clone(),
+            roles: Vec::new().into(),
             groups: entry.groups.clone(),
+            claims: Vec::new().into(),
             expires_at: entry.expires_at,
         })
     }

@@ -49,8 +49,13 @@ pub struct JwtAuth {
     pub leeway: u64,
     pub max_token_bytes: usize,
     pub scopes_claims: Vec<String>,
-    /// Forward the `Authorization` header upstream (default: removed).
+    /// Forward the token (header or cookie) upstream (default: removed).
     pub forward_token: bool,
+    pub cookie: Option<String>,
+    pub header: Option<http::HeaderName>,
+    pub roles_claim: Option<Vec<String>>,
+    pub groups_claim: Option<Vec<String>>,
+    pub forward_claims: Vec<String>,
     /// Keys from the config file(s).
     pub static_keys: KeySet,
     /// Keys from a JWKS URL, fetched in the background.
@@ -109,6 +114,71 @@ impl TokenCache {
     }
 }
 
+/// Everything configurable about a JWT authenticator besides its keys.
+pub struct JwtOptions {
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: u64,
+    pub max_token_bytes: usize,
+    pub scopes_claims: Vec<String>,
+    pub forward_token: bool,
+    pub cache_entries: usize,
+    pub cookie: Option<String>,
+    pub header: Option<http::HeaderName>,
+    pub roles_claim: Option<String>,
+    pub groups_claim: Option<String>,
+    pub forward_claims: Vec<String>,
+}
+
+impl JwtOptions {
+    /// Defaults as in the config reference, for the given algorithms.
+    pub fn new(algorithms: Vec<Algorithm>) -> JwtOptions {
+        JwtOptions {
+            issuer: None,
+            audiences: Vec::new(),
+            algorithms,
+            leeway: 30,
+            max_token_bytes: 8192,
+            scopes_claims: vec!["scope".into(), "scp".into()],
+            forward_token: false,
+            cache_entries: 10_000,
+            cookie: None,
+            header: None,
+            roles_claim: None,
+            groups_claim: None,
+            forward_claims: Vec::new(),
+        }
+    }
+}
+
+/// Strings at a dot path: a JSON array of strings or a space-separated string.
+fn strings_at(claims: &Map<String, Value>, path: &[String]) -> Vec<String> {
+    let mut v: Option<&Value> = None;
+    for (i, seg) in path.iter().enumerate() {
+        v = if i == 0 {
+            claims.get(seg)
+        } else {
+            v.and_then(|x| x.get(seg))
+        };
+    }
+    let mut out: Vec<String> = match v {
+        Some(Value::String(s)) => s
+            .split(' ')
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    out.retain(|s| header_safe(s) && s.len() <= 128);
+    out
+}
+
 pub fn family_of(alg: Algorithm) -> AlgorithmFamily {
     alg.family()
 }
@@ -165,20 +235,27 @@ pub fn split(token: &[u8]) -> Result<Parts, AuthError> {
 }
 
 impl JwtAuth {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
-        issuer: Option<String>,
-        audiences: Vec<String>,
-        algorithms: Vec<Algorithm>,
-        leeway: u64,
-        max_token_bytes: usize,
-        scopes_claims: Vec<String>,
-        forward_token: bool,
+        o: JwtOptions,
         keys: Vec<JwtKey>,
         remote: Option<Arc<RemoteJwks>>,
-        cache_entries: usize,
     ) -> JwtAuth {
+        let JwtOptions {
+            issuer,
+            audiences,
+            algorithms,
+            leeway,
+            max_token_bytes,
+            scopes_claims,
+            forward_token,
+            cache_entries,
+            cookie,
+            header,
+            roles_claim,
+            groups_claim,
+            forward_claims,
+        } = o;
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.clone();
         validation.leeway = leeway;
@@ -205,6 +282,11 @@ impl JwtAuth {
             max_token_bytes,
             scopes_claims,
             forward_token,
+            cookie,
+            header,
+            roles_claim: roles_claim.map(|p| p.split('.').map(str::to_string).collect()),
+            groups_claim: groups_claim.map(|p| p.split('.').map(str::to_string).collect()),
+            forward_claims,
             static_keys: KeySet::new(keys),
             remote,
             cache: (cache_entries > 0).then(|| TokenCache::new(cache_entries)),
@@ -333,7 +415,30 @@ impl JwtAuth {
             key_id: key.kid.as_deref().map(Into::into),
             issuer: claims.get("iss").and_then(Value::as_str).map(Into::into),
             scopes: scopes.into(),
-            groups: Vec::new().into(),
+            roles: self
+                .roles_claim
+                .as_ref()
+                .map_or_else(Vec::new, |p| strings_at(&claims, p))
+                .into(),
+            groups: self
+                .groups_claim
+                .as_ref()
+                .map_or_else(Vec::new, |p| strings_at(&claims, p))
+                .into(),
+            claims: self
+                .forward_claims
+                .iter()
+                .filter_map(|name| {
+                    let v = match claims.get(name)? {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    (v.len() <= 256 && header_safe(&v)).then(|| (name.clone(), v))
+                })
+                .collect::<Vec<_>>()
+                .into(),
             expires_at: claims.get("exp").and_then(Value::as_u64),
         })
     }

@@ -50,7 +50,10 @@ pub struct Principal {
     /// Token issuer (`iss`), for JWTs.
     pub issuer: Option<Arc<str>>,
     pub scopes: Arc<[String]>,
+    pub roles: Arc<[String]>,
     pub groups: Arc<[String]>,
+    /// Selected claims (`forward_claims`), as (name, value).
+    pub claims: Arc<[(String, String)]>,
     /// Unix seconds after which the credential is no longer valid.
     pub expires_at: Option<u64>,
 }
@@ -187,6 +190,54 @@ pub fn bearer(headers: &http::HeaderMap) -> Result<Option<&[u8]>, AuthError> {
     Ok(Some(token))
 }
 
+/// The JWT from `Authorization: Bearer` or the cookies/headers the JWT authenticators name.
+/// Found in more than one place → ambiguous.
+fn jwt_token<'a>(
+    jwts: &[&jwt::JwtAuth],
+    creds: &Credentials<'a>,
+) -> Result<Option<&'a [u8]>, AuthError> {
+    let mut token = bearer(creds.headers)?;
+    let mut take = |t: &'a [u8]| {
+        if token.is_some_and(|prev| prev.as_ptr() != t.as_ptr()) {
+            return Err(AuthError::AmbiguousCredentials);
+        }
+        token = Some(t);
+        Ok(())
+    };
+    for j in jwts {
+        if let Some(h) = &j.header {
+            let mut it = creds.headers.get_all(h).iter();
+            if let Some(v) = it.next() {
+                if it.next().is_some() {
+                    return Err(AuthError::AmbiguousCredentials);
+                }
+                take(v.as_bytes())?;
+            }
+        }
+        if let Some(name) = &j.cookie {
+            let mut seen = None;
+            for v in creds.headers.get_all(http::header::COOKIE) {
+                for pair in v.as_bytes().split(|&b| b == b';') {
+                    let pair = pair.trim_ascii();
+                    if let Some(val) = pair
+                        .strip_prefix(name.as_bytes())
+                        .and_then(|r| r.strip_prefix(b"="))
+                    {
+                        if seen.is_some() {
+                            return Err(AuthError::AmbiguousCredentials);
+                        }
+                        seen = Some(val);
+                    }
+                }
+            }
+            if let Some(v) = seen {
+                take(v)?;
+            }
+        }
+    }
+    Ok(token)
+}
+
 enum Found<'a> {
     ApiKey(&'a api_key::ApiKeyAuth, &'a [u8]),
     Bearer(&'a [u8]),
@@ -231,11 +282,11 @@ pub async fn authenticate<'a>(
             }
         }
     }
-    if let Some(jwt0) = jwts.first() {
+    if !jwts.is_empty() {
         let jwt_auth = authn
             .iter()
             .find(|a| matches!(a.as_ref(), Authenticator::Jwt(_)));
-        match bearer(creds.headers) {
+        match jwt_token(&jwts, creds) {
             Ok(None) => {}
             Ok(Some(t)) => {
                 if found.is_some() {
@@ -245,7 +296,6 @@ pub async fn authenticate<'a>(
             }
             Err(e) => return Err(fail(jwt_auth.map(|a| a.as_ref()), e)),
         }
-        let _ = jwt0;
     }
     let Some(found) = found else {
         return Err(fail(None, AuthError::CredentialsMissing))

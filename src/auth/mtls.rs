@@ -87,7 +87,9 @@ impl MtlsAuth {
             key_id: None,
             issuer: None,
             scopes: Vec::new().into(),
+            roles: Vec::new().into(),
             groups: Vec::new().into(),
+            claims: Vec::new().into(),
             expires_at: None,
         })
     }

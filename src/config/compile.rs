@@ -528,21 +528,63 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
     if cx.issues.len() != before {
         return None;
     }
-    Some(JwtAuth::new(
-        name,
-        j.issuer.clone(),
-        j.audiences.clone(),
-        algorithms,
-        leeway,
-        max_token_bytes as usize,
-        j.scopes_claim
-            .clone()
-            .unwrap_or_else(|| vec!["scope".into(), "scp".into()]),
-        j.forward_token,
-        keys,
-        remote,
-        cache_entries,
-    ))
+    let header = match &j.header {
+        None => None,
+        Some(h) => match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) if n != http::header::AUTHORIZATION && n != http::header::COOKIE => Some(n),
+            _ => {
+                cx.err(
+                    format!("{path}.header"),
+                    format!("invalid header name {h:?}"),
+                );
+                None
+            }
+        },
+    };
+    if let Some(c) = &j.cookie {
+        if c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            cx.err(
+                format!("{path}.cookie"),
+                format!("invalid cookie name {c:?}"),
+            );
+        }
+    }
+    for (i, c) in j.forward_claims.iter().enumerate() {
+        if c.is_empty()
+            || c.len() > 64
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            cx.err(
+                format!("{path}.forward_claims[{i}]"),
+                format!("invalid claim name {c:?} (letters, digits, - and _)"),
+            );
+        }
+    }
+    if cx.issues.len() != before {
+        return None;
+    }
+    let mut o = jwtmod::JwtOptions::new(algorithms);
+    o.issuer = j.issuer.clone();
+    o.audiences = j.audiences.clone();
+    o.leeway = leeway;
+    o.max_token_bytes = max_token_bytes as usize;
+    if let Some(sc) = &j.scopes_claim {
+        o.scopes_claims = sc.clone();
+    }
+    o.forward_token = j.forward_token;
+    o.cache_entries = cache_entries;
+    o.cookie = j.cookie.clone();
+    o.header = header;
+    o.roles_claim = j.roles_claim.clone();
+    o.groups_claim = j.groups_claim.clone();
+    o.forward_claims = j.forward_claims.clone();
+    Some(JwtAuth::new(name, o, keys, remote))
 }
 
 /// Characters allowed in values that end up in identity headers (consumer, scopes, groups).

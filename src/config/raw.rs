@@ -69,6 +69,17 @@ pub struct RawJwt {
     pub forward_token: bool,
     /// Verified-token cache entries (0 disables). Default 10000.
     pub token_cache: Option<usize>,
+    /// Also accept the token from this cookie (in addition to `Authorization: Bearer`).
+    pub cookie: Option<String>,
+    /// Also accept the token (no `Bearer ` prefix) from this header.
+    pub header: Option<String>,
+    /// Claim (dot path, e.g. `realm_access.roles`) holding roles → `X-Portcullis-Roles`.
+    pub roles_claim: Option<String>,
+    /// Claim (dot path) holding groups → `X-Portcullis-Groups`.
+    pub groups_claim: Option<String>,
+    /// Top-level claims forwarded as `X-Portcullis-Claim-<name>` (strings, numbers, booleans).
+    #[serde(default)]
+    pub forward_claims: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
