@@ -505,6 +505,7 @@ fn cookie_and_header_sources_roles_groups_and_claims() {
       roles_claim: realm_access.roles
       groups_claim: groups
       forward_claims: [tenant, email_verified, level]
+      required_claims: [tenant]
 upstreams:
   e: {{ targets: ["{addr}"] }}
 routes:
@@ -551,6 +552,13 @@ routes:
     assert_eq!(r.json()["error"], "ambiguous_credentials");
     let r = send(&format!("Cookie: session={t}\r\nCookie: session={t}\r\n"));
     assert_eq!(r.json()["error"], "ambiguous_credentials");
+    // required_claims: a token without `tenant` is refused.
+    let mut no_tenant = c.clone();
+    no_tenant.as_object_mut().unwrap().remove("tenant");
+    let nt = sign(Algorithm::RS256, Some("rsa-1"), &no_tenant);
+    let r = send(&format!("Authorization: Bearer {nt}\r\n"));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "missing_claim");
     // A spoofed claim header from the client never survives.
     let r = send(&format!(
         "Cookie: session={t}\r\nX-Portcullis-Claim-Tenant: evil\r\n"

@@ -56,6 +56,7 @@ pub struct JwtAuth {
     pub roles_claim: Option<Vec<String>>,
     pub groups_claim: Option<Vec<String>>,
     pub forward_claims: Vec<String>,
+    pub required_claims: Vec<String>,
     /// Keys from the config file(s).
     pub static_keys: KeySet,
     /// Keys from a JWKS URL, fetched in the background.
@@ -129,6 +130,7 @@ pub struct JwtOptions {
     pub roles_claim: Option<String>,
     pub groups_claim: Option<String>,
     pub forward_claims: Vec<String>,
+    pub required_claims: Vec<String>,
 }
 
 impl JwtOptions {
@@ -148,6 +150,7 @@ impl JwtOptions {
             roles_claim: None,
             groups_claim: None,
             forward_claims: Vec::new(),
+            required_claims: Vec::new(),
         }
     }
 }
@@ -255,6 +258,7 @@ impl JwtAuth {
             roles_claim,
             groups_claim,
             forward_claims,
+            required_claims,
         } = o;
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.clone();
@@ -287,6 +291,7 @@ impl JwtAuth {
             roles_claim: roles_claim.map(|p| p.split('.').map(str::to_string).collect()),
             groups_claim: groups_claim.map(|p| p.split('.').map(str::to_string).collect()),
             forward_claims,
+            required_claims,
             static_keys: KeySet::new(keys),
             remote,
             cache: (cache_entries > 0).then(|| TokenCache::new(cache_entries)),
@@ -388,6 +393,13 @@ impl JwtAuth {
                 Some(_) => return Err(AuthError::TokenNotYetValid),
                 None => return Err(AuthError::MalformedToken),
             },
+        }
+        if self
+            .required_claims
+            .iter()
+            .any(|c| claims.get(c).is_none_or(Value::is_null))
+        {
+            return Err(AuthError::MissingClaim);
         }
         let sub = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 && header_safe(s) => s,

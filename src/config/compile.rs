@@ -584,6 +584,7 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
     o.roles_claim = j.roles_claim.clone();
     o.groups_claim = j.groups_claim.clone();
     o.forward_claims = j.forward_claims.clone();
+    o.required_claims = j.required_claims.clone();
     Some(JwtAuth::new(name, o, keys, remote))
 }
 

@@ -77,6 +77,9 @@ pub struct RawJwt {
     pub roles_claim: Option<String>,
     /// Claim (dot path) holding groups → `X-Portcullis-Groups`.
     pub groups_claim: Option<String>,
+    /// Claims that must be present (besides `exp` and `sub`, which always are).
+    #[serde(default)]
+    pub required_claims: Vec<String>,
     /// Top-level claims forwarded as `X-Portcullis-Claim-<name>` (strings, numbers, booleans).
     #[serde(default)]
     pub forward_claims: Vec<String>,
