@@ -29,6 +29,8 @@ fn router() -> Router {
             strip_prefix: None,
             methods: ALL_METHODS,
             websocket: false,
+            policy: None,
+            shadow: false,
         });
         // A realistic mix: host-specific, wildcard and host-less; prefixes and exact paths.
         let host = match i % 4 {

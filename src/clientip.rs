@@ -119,6 +119,52 @@ pub fn resolve<'a>(
     for v in xff {
         hops.extend(v.split(|&c| c == b','));
     }
+    (walk(peer, trusted, &hops), true)
+}
+
+/// Like [`resolve`], for RFC 7239 `Forwarded` values: the `for=` parameter of each element is
+/// a hop. Elements without `for=`, or with an obfuscated identifier (`for=unknown`,
+/// `for=_hidden`), end the walk like garbage in `X-Forwarded-For` does.
+pub fn resolve_forwarded<'a>(
+    peer: IpAddr,
+    trusted: &CidrSet,
+    values: impl Iterator<Item = &'a [u8]>,
+) -> (IpAddr, bool) {
+    let peer = canonical(&peer);
+    if !trusted.contains(&peer) {
+        return (peer, false);
+    }
+    let mut hops: Vec<&[u8]> = Vec::new();
+    for v in values {
+        for element in v.split(|&c| c == b',') {
+            hops.push(forwarded_for(element).unwrap_or(b"-"));
+        }
+    }
+    (walk(peer, trusted, &hops), true)
+}
+
+/// The node of an element's `for=` parameter, unquoted, with IPv6 brackets removed when there
+/// is no port (`"[2001:db8::1]"` → `2001:db8::1`; `"[::1]:80"` stays a socket address).
+fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
+    for pair in element.split(|&c| c == b';') {
+        let pair = pair.trim_ascii();
+        if pair.len() > 4 && pair[..4].eq_ignore_ascii_case(b"for=") {
+            let mut v = &pair[4..];
+            if v.len() >= 2 && v[0] == b'"' && v[v.len() - 1] == b'"' {
+                v = &v[1..v.len() - 1];
+            }
+            if v.len() >= 2 && v[0] == b'[' && v[v.len() - 1] == b']' {
+                v = &v[1..v.len() - 1];
+            }
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Walk hops right to left while they are trusted proxies; the first untrusted one is the
+/// client.
+fn walk(peer: IpAddr, trusted: &CidrSet, hops: &[&[u8]]) -> IpAddr {
     let mut client = peer;
     for hop in hops.iter().rev() {
         let Some(ip) = parse_hop(hop) else {
@@ -130,7 +176,7 @@ pub fn resolve<'a>(
             break;
         }
     }
-    (client, true)
+    client
 }
 
 fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
@@ -189,6 +235,33 @@ mod tests {
         );
         assert_eq!(ip.to_string(), "1.2.3.4");
         assert!(!trusted);
+    }
+
+    #[test]
+    fn forwarded_header() {
+        let t = set(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let one = |v: &'static [u8]| resolve_forwarded(peer, &t, [v].into_iter()).0.to_string();
+        assert_eq!(
+            one(b"for=192.0.2.60;proto=http;by=203.0.113.43"),
+            "192.0.2.60"
+        );
+        assert_eq!(
+            one(b"for=6.6.6.6, For=\"[2001:db8:cafe::17]:4711\", for=10.0.0.3"),
+            "2001:db8:cafe::17"
+        );
+        assert_eq!(one(b"for=\"[2001:db8::1]\""), "2001:db8::1");
+        assert_eq!(one(b"for=1.2.3.4:80"), "1.2.3.4");
+        // obfuscated or missing node: stop at the last trusted hop
+        assert_eq!(one(b"for=7.7.7.7, for=unknown, for=10.0.0.9"), "10.0.0.9");
+        assert_eq!(one(b"for=7.7.7.7, proto=https"), "10.0.0.1");
+        // untrusted peer: header ignored
+        let (ip, trusted) = resolve_forwarded(
+            "1.2.3.4".parse().unwrap(),
+            &t,
+            [&b"for=9.9.9.9"[..]].into_iter(),
+        );
+        assert_eq!((ip.to_string(), trusted), ("1.2.3.4".to_string(), false));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `reason` labels; messages never contain internals (addresses, config, stack traces).
 
 use crate::auth::AuthError;
+use crate::authz::Denial;
 use crate::route::normalize::{HostError, PathError};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -50,6 +51,12 @@ pub enum Reject {
         /// `WWW-Authenticate` value of the authenticator that refused.
         challenge: &'static str,
     },
+    #[error("{reason}")]
+    Forbidden {
+        reason: Denial,
+        /// The caller presented a bearer token: answer with RFC 6750 `insufficient_scope`.
+        bearer: bool,
+    },
 }
 
 impl Reject {
@@ -73,6 +80,7 @@ impl Reject {
                 ..
             } => 503,
             Reject::Unauthenticated { .. } => 401,
+            Reject::Forbidden { .. } => 403,
         }
     }
 
@@ -94,6 +102,7 @@ impl Reject {
             Reject::BadRequest => "bad_request",
             Reject::UpgradeNotAllowed => "upgrade_not_allowed",
             Reject::Unauthenticated { reason, .. } => reason.code(),
+            Reject::Forbidden { reason, .. } => reason.code(),
         }
     }
 
@@ -167,6 +176,13 @@ pub fn response_header(
     }
     if let Reject::Unauthenticated { challenge, .. } = reject {
         h.insert_header("www-authenticate", *challenge)?;
+    }
+    if let Reject::Forbidden { bearer: true, .. } = reject {
+        // No `scope=` attribute: which scope is missing is policy internals.
+        h.insert_header(
+            "www-authenticate",
+            "Bearer realm=\"portcullis\", error=\"insufficient_scope\"",
+        )?;
     }
     if reject.close_connection() {
         h.insert_header("connection", "close")?;

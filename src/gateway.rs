@@ -6,8 +6,9 @@
 //! never writes a response itself; it returns a [`Reject`] for `error::respond` to render.
 
 use crate::auth;
+use crate::authz;
 use crate::clientip;
-use crate::config::raw::Method;
+use crate::config::raw::{ClientIpHeader, Method};
 use crate::config::Snapshot;
 use crate::error::Reject;
 use crate::route::normalize::{normalize_host, normalize_path, HostError, PathError};
@@ -38,6 +39,8 @@ pub struct RequestCtx {
     pub route: Option<Arc<Route>>,
     /// The verified caller, on routes that require authentication.
     pub principal: Option<crate::auth::Principal>,
+    /// The authorization outcome, once the route's checks ran (None: rejected before).
+    pub authz: Option<authz::Decision>,
     /// Set when the gateway answered itself (or failed to proxy), for metrics.
     pub reject: Option<Reject>,
     /// Upstream targets already tried for this request (connect retries skip them).
@@ -66,6 +69,7 @@ impl RequestCtx {
             query: None,
             route: None,
             principal: None,
+            authz: None,
             reject: None,
             tried: Vec::new(),
             target: None,
@@ -107,12 +111,17 @@ pub fn identify(req: &RequestHeader, conn: &Conn, ctx: &mut RequestCtx) {
     ctx.client_cert = conn.client_cert.clone();
     if let Some(peer) = conn.peer {
         ctx.peer_text = ip_text(&peer);
-        let xff = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes());
-        let (client, trusted) = clientip::resolve(peer, &ctx.snapshot.trusted_proxies, xff);
+        let trusted_set = &ctx.snapshot.trusted_proxies;
+        let (client, trusted) = match ctx.snapshot.client_ip_header {
+            ClientIpHeader::XForwardedFor => {
+                let values = req.headers.get_all("x-forwarded-for").iter();
+                clientip::resolve(peer, trusted_set, values.map(|v| v.as_bytes()))
+            }
+            ClientIpHeader::Forwarded => {
+                let values = req.headers.get_all("forwarded").iter();
+                clientip::resolve_forwarded(peer, trusted_set, values.map(|v| v.as_bytes()))
+            }
+        };
         ctx.client_ip = Some(client);
         ctx.peer_trusted = trusted;
     }
@@ -197,7 +206,15 @@ pub async fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reje
     };
     ctx.route = Some(route.clone());
     check_upgrade(req, &route)?;
+    // Shadow-mode denials are collected here; the first one is what enforcing would have sent.
+    let mut shadowed = None;
+    if let Some(policy) = &route.policy {
+        // Before authentication: a blocked network never gets to spend our CPU on signatures.
+        let r = authz::check_network(policy, ctx.client_ip);
+        authorize(ctx, authz::apply_mode(route.shadow, r, &mut shadowed))?;
+    }
     if route.public {
+        ctx.authz = Some(decided(shadowed, authz::Decision::Public));
         return Ok(());
     }
     let creds = auth::Credentials {
@@ -208,12 +225,45 @@ pub async fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reje
     let principal = auth::authenticate(&route.authn, &creds, auth::time::now())
         .await
         .map_err(|(reason, challenge)| Reject::Unauthenticated { reason, challenge })?;
-    ctx.principal = Some(principal);
+    let outcome = match &route.policy {
+        Some(policy) if policy.needs_principal() => {
+            let r = authz::check_principal(policy, &principal);
+            let bearer = principal.method == auth::AuthMethod::Jwt;
+            ctx.principal = Some(principal);
+            authorize(ctx, authz::apply_mode(route.shadow, r, &mut shadowed)).map_err(
+                |e| match e {
+                    Reject::Forbidden { reason, .. } => Reject::Forbidden { reason, bearer },
+                    other => other,
+                },
+            )?;
+            authz::Decision::Allowed
+        }
+        _ => {
+            ctx.principal = Some(principal);
+            authz::Decision::Authenticated
+        }
+    };
+    ctx.authz = Some(decided(shadowed, outcome));
     // Credentials never travel upstream: drop query-parameter keys here, headers in `forward`.
     if let Some(q) = ctx.query.take() {
         ctx.query = auth::strip_query_credentials(&route.authn, &q);
     }
     Ok(())
+}
+
+/// Record an enforced denial in the context and turn it into the rejection.
+fn authorize(ctx: &mut RequestCtx, r: Result<(), authz::Denial>) -> Result<(), Reject> {
+    r.map_err(|d| {
+        ctx.authz = Some(authz::Decision::Denied(d));
+        Reject::Forbidden {
+            reason: d,
+            bearer: false,
+        }
+    })
+}
+
+fn decided(shadowed: Option<authz::Denial>, allowed: authz::Decision) -> authz::Decision {
+    shadowed.map_or(allowed, authz::Decision::ShadowDenied)
 }
 
 /// Upgrades are opt-in per route and only to WebSocket: after a 101 the connection becomes a

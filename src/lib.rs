@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authz;
 pub mod clientip;
 pub mod config;
 pub mod echo;

@@ -26,6 +26,7 @@ pub struct Metrics {
     jwks_keys: IntGaugeVec,
     jwks_last_success: IntGaugeVec,
     token_cache: IntCounterVec,
+    authz_decisions: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -115,6 +116,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["authenticator", "result"],
     )?;
+    let authz_decisions = IntCounterVec::new(
+        Opts::new(
+            "portcullis_authz_decisions_total",
+            "Authorization decisions by route, decision (allow, deny, shadow_deny) and reason",
+        ),
+        &["route", "decision", "reason"],
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new("portcullis_build_info", "Build information; always 1"),
         &["version"],
@@ -134,6 +142,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(jwks_keys.clone()))?;
     registry.register(Box::new(jwks_last_success.clone()))?;
     registry.register(Box::new(token_cache.clone()))?;
+    registry.register(Box::new(authz_decisions.clone()))?;
     registry.register(Box::new(build_info))?;
     Ok(Metrics {
         registry,
@@ -149,6 +158,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         jwks_keys,
         jwks_last_success,
         token_cache,
+        authz_decisions,
     })
 }
 
@@ -205,6 +215,15 @@ pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
 pub fn gateway_response(route: &str, reason: &str) {
     if let Some(m) = get() {
         m.denials.with_label_values(&[route, reason]).inc();
+    }
+}
+
+/// One authorization decision (once per request that reached it).
+pub fn authz_decision(route: &str, decision: &str, reason: &str) {
+    if let Some(m) = get() {
+        m.authz_decisions
+            .with_label_values(&[route, decision, reason])
+            .inc();
     }
 }
 

@@ -230,5 +230,8 @@ impl ProxyHttp for Gateway {
         if let Some(r) = &ctx.reject {
             crate::metrics::gateway_response(route, r.code());
         }
+        if let Some(d) = ctx.authz {
+            crate::authz::record(route, d, &ctx.request_id);
+        }
     }
 }

@@ -17,6 +17,7 @@ pub struct ApiKeyEntry {
     pub consumer: Arc<str>,
     pub scopes: Arc<[String]>,
     pub groups: Arc<[String]>,
+    pub roles: Arc<[String]>,
     pub expires_at: Option<u64>,
     pub disabled: bool,
 }
@@ -102,9 +103,10 @@ impl ApiKeyAuth {
             key_id: Some(entry.id.clone()),
             issuer: None,
             scopes: entry.scopes.clone(),
-            roles: Vec::new().into(),
+            roles: entry.roles.clone(),
             groups: entry.groups.clone(),
             claims: Vec::new().into(),
+            policy_claims: Vec::new().into(),
             expires_at: entry.expires_at,
         })
     }
@@ -136,6 +138,7 @@ mod tests {
                     consumer: "c".into(),
                     scopes: vec!["s".to_string()].into(),
                     groups: Vec::new().into(),
+                    roles: Vec::new().into(),
                     expires_at: exp,
                     disabled,
                 }),

@@ -57,6 +57,8 @@ pub struct JwtAuth {
     pub groups_claim: Option<Vec<String>>,
     pub forward_claims: Vec<String>,
     pub required_claims: Vec<String>,
+    /// Claim paths that authorization policies test; extracted into the principal.
+    pub policy_claims: Vec<Arc<str>>,
     /// Keys from the config file(s).
     pub static_keys: KeySet,
     /// Keys from a JWKS URL, fetched in the background.
@@ -131,6 +133,7 @@ pub struct JwtOptions {
     pub groups_claim: Option<String>,
     pub forward_claims: Vec<String>,
     pub required_claims: Vec<String>,
+    pub policy_claims: Vec<Arc<str>>,
 }
 
 impl JwtOptions {
@@ -151,6 +154,7 @@ impl JwtOptions {
             groups_claim: None,
             forward_claims: Vec::new(),
             required_claims: Vec::new(),
+            policy_claims: Vec::new(),
         }
     }
 }
@@ -180,6 +184,38 @@ fn strings_at(claims: &Map<String, Value>, path: &[String]) -> Vec<String> {
     };
     out.retain(|s| header_safe(s) && s.len() <= 128);
     out
+}
+
+/// Most values a policy claim may carry (array claims); more are ignored (fail closed: a
+/// value that is not kept cannot match).
+const MAX_POLICY_CLAIM_VALUES: usize = 64;
+
+/// Values of a claim for policy matching. `path` is tried as a top-level name first (so
+/// namespaced claims like `https://example.com/tenant` work), then as a dot path into nested
+/// objects. Strings, numbers and booleans become their text; arrays yield their scalar elements.
+pub fn claim_values(claims: &Map<String, Value>, path: &str) -> Box<[String]> {
+    let found = claims.get(path).or_else(|| {
+        let mut it = path.split('.');
+        let first = claims.get(it.next()?)?;
+        it.try_fold(first, |v, seg| v.get(seg))
+    });
+    fn scalar(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+    match found {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(scalar)
+            .take(MAX_POLICY_CLAIM_VALUES)
+            .collect(),
+        Some(v) => scalar(v).into_iter().collect(),
+        None => Box::default(),
+    }
 }
 
 pub fn family_of(alg: Algorithm) -> AlgorithmFamily {
@@ -259,6 +295,7 @@ impl JwtAuth {
             groups_claim,
             forward_claims,
             required_claims,
+            policy_claims,
         } = o;
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.clone();
@@ -292,6 +329,7 @@ impl JwtAuth {
             groups_claim: groups_claim.map(|p| p.split('.').map(str::to_string).collect()),
             forward_claims,
             required_claims,
+            policy_claims,
             static_keys: KeySet::new(keys),
             remote,
             cache: (cache_entries > 0).then(|| TokenCache::new(cache_entries)),
@@ -449,6 +487,12 @@ impl JwtAuth {
                     };
                     (v.len() <= 256 && header_safe(&v)).then(|| (name.clone(), v))
                 })
+                .collect::<Vec<_>>()
+                .into(),
+            policy_claims: self
+                .policy_claims
+                .iter()
+                .map(|p| (p.clone(), claim_values(&claims, p)))
                 .collect::<Vec<_>>()
                 .into(),
             expires_at: claims.get("exp").and_then(Value::as_u64),

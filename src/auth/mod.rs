@@ -54,6 +54,10 @@ pub struct Principal {
     pub groups: Arc<[String]>,
     /// Selected claims (`forward_claims`), as (name, value).
     pub claims: Arc<[(String, String)]>,
+    /// Values of the claims that authorization policies test (`claims:` conditions), as
+    /// (dot path, values). Only the paths some policy names are extracted, so the cached
+    /// principal stays small.
+    pub policy_claims: Arc<[(Arc<str>, Box<[String]>)]>,
     /// Unix seconds after which the credential is no longer valid.
     pub expires_at: Option<u64>,
 }
@@ -136,6 +140,15 @@ const BEARER_INVALID: &str = "Bearer realm=\"portcullis\", error=\"invalid_token
 const MTLS_CHALLENGE: &str = "ClientCertificate realm=\"portcullis\"";
 
 impl Authenticator {
+    /// The method this authenticator's principals carry.
+    pub fn method(&self) -> AuthMethod {
+        match self {
+            Authenticator::ApiKey(_) => AuthMethod::ApiKey,
+            Authenticator::Jwt(_) => AuthMethod::Jwt,
+            Authenticator::Mtls(_) => AuthMethod::Mtls,
+        }
+    }
+
     pub fn name(&self) -> &Arc<str> {
         match self {
             Authenticator::ApiKey(a) => &a.name,

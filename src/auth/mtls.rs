@@ -90,6 +90,7 @@ impl MtlsAuth {
             roles: Vec::new().into(),
             groups: Vec::new().into(),
             claims: Vec::new().into(),
+            policy_claims: Vec::new().into(),
             expires_at: None,
         })
     }

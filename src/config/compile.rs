@@ -5,12 +5,15 @@
 //! except name resolution of upstream targets (blocking, but only at load time).
 
 use super::raw::{
-    Balance, HashOn, HealthKind, Method, RawApiKey, RawConfig, RawListener, RawRoute, RawUpstream,
+    AuthMethodName, Balance, ClaimValues, HashOn, HealthKind, Method, PathCase, PolicyMode,
+    RawApiKey, RawConfig, RawListener, RawPolicy, RawRoute, RawUpstream,
 };
 use super::{Config, Issue, Limits, Listener, ListenerTls, ProcessSettings, Snapshot};
 use crate::auth::api_key::{parse_hex32, ApiKeyAuth, ApiKeyEntry};
 use crate::auth::jwt::{self as jwtmod, JwtAuth, JwtKey};
+use crate::auth::AuthMethod;
 use crate::auth::Authenticator;
+use crate::authz::Policy;
 use crate::clientip::{Cidr, CidrSet};
 use crate::route::normalize::{normalize_host, normalize_path};
 use crate::route::{HostSpec, PathSpec, Route, Router, ALL_METHODS};
@@ -31,6 +34,8 @@ struct Ctx<'a> {
     issues: Vec<Issue>,
     warnings: Vec<Issue>,
     base: &'a Path,
+    /// Claim paths named in any policy's `claims:`; JWT authenticators extract these.
+    policy_claims: Vec<Arc<str>>,
 }
 
 impl Ctx<'_> {
@@ -65,6 +70,7 @@ pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
         issues: Vec::new(),
         warnings: Vec::new(),
         base,
+        policy_claims: policy_claim_paths(raw),
     };
     let process = process_settings(&mut cx, raw);
     let trusted = trusted_proxies(&mut cx, raw);
@@ -72,7 +78,8 @@ pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
     reserved_sections(&mut cx, raw);
     let authenticators = authenticators(&mut cx, raw);
     let pools = pools(&mut cx, raw);
-    let router = routes(&mut cx, raw, &pools, &authenticators);
+    let policies = policies(&mut cx, raw);
+    let router = routes(&mut cx, raw, &pools, &authenticators, &policies);
     if !cx.issues.is_empty() {
         return Err(cx.issues);
     }
@@ -85,6 +92,7 @@ pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
             pools,
             authenticators,
             trusted_proxies: trusted,
+            client_ip_header: raw.server.client_ip_header,
             limits,
         },
     })
@@ -585,6 +593,7 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
     o.groups_claim = j.groups_claim.clone();
     o.forward_claims = j.forward_claims.clone();
     o.required_claims = j.required_claims.clone();
+    o.policy_claims = cx.policy_claims.clone();
     Some(JwtAuth::new(name, o, keys, remote))
 }
 
@@ -665,6 +674,11 @@ fn api_key(cx: &mut Ctx, path: &str, name: &str, k: &RawApiKey) -> Option<ApiKey
                 cx.err(format!("{kp}.groups[{j}]"), format!("invalid group {v:?}"));
             }
         }
+        for (j, v) in e.roles.iter().enumerate() {
+            if !header_safe(v) {
+                cx.err(format!("{kp}.roles[{j}]"), format!("invalid role {v:?}"));
+            }
+        }
         let expires_at = match &e.expires {
             None => None,
             Some(t) => match crate::auth::time::parse_rfc3339(t) {
@@ -681,6 +695,7 @@ fn api_key(cx: &mut Ctx, path: &str, name: &str, k: &RawApiKey) -> Option<ApiKey
                 consumer: e.consumer.as_str().into(),
                 scopes: e.scopes.clone().into(),
                 groups: e.groups.clone().into(),
+                roles: e.roles.clone().into(),
                 expires_at,
                 disabled: e.disabled,
             });
@@ -974,9 +989,12 @@ fn routes(
     config: &RawConfig,
     pools: &BTreeMap<String, Arc<Pool>>,
     authenticators: &BTreeMap<String, Arc<Authenticator>>,
+    policies: &BTreeMap<String, Arc<Policy>>,
 ) -> Router {
     let raw: &[RawRoute] = &config.routes;
-    let mut router = Router::default();
+    let insensitive = config.server.path_case == PathCase::Insensitive;
+    let mut router = Router::new(insensitive);
+    let mut used_policies: HashSet<String> = HashSet::new();
     let mut ids: HashMap<&str, usize> = HashMap::new();
     // (host, path) → [(route index, id, methods)] to detect overlaps.
     type Group = Vec<(usize, String, u8)>;
@@ -1032,6 +1050,8 @@ fn routes(
                 ),
             }
         }
+        let (policy, shadow) =
+            route_policy(cx, &path, r, config, policies, &authn, &mut used_policies);
         let m = &r.matcher;
         let pspec = match (&m.path, &m.path_prefix) {
             (Some(p), None) => path_spec(cx, &format!("{path}.match.path"), p).map(PathSpec::Exact),
@@ -1079,9 +1099,17 @@ fn routes(
         if cx.issues.len() != before {
             continue;
         }
-        let (Some(pool), Some(pspec)) = (pool, pspec) else {
+        let (Some(pool), Some(mut pspec)) = (pool, pspec) else {
             continue;
         };
+        if insensitive {
+            // One spelling per route: `/Admin` and `/admin` are the same route, and two routes
+            // differing only in case are reported as overlapping below.
+            pspec = match pspec {
+                PathSpec::Exact(p) => PathSpec::Exact(p.to_ascii_lowercase()),
+                PathSpec::Prefix(p) => PathSpec::Prefix(p.to_ascii_lowercase()),
+            };
+        }
         let strip_prefix = match (&pspec, r.strip_prefix) {
             (PathSpec::Prefix(p), true) => Some(p.clone()),
             _ => None,
@@ -1094,6 +1122,8 @@ fn routes(
             strip_prefix,
             methods,
             websocket: r.websocket,
+            policy,
+            shadow,
         });
         for h in &hosts {
             let key = (h.clone(), pspec.clone());
@@ -1111,7 +1141,212 @@ fn routes(
             router.insert(h, &pspec, route.clone());
         }
     }
+    for name in policies.keys() {
+        if !used_policies.contains(name.as_str()) {
+            cx.warn(
+                format!("policies.{name}"),
+                "policy is not used by any route",
+            );
+        }
+    }
     router
+}
+
+/// Claim paths used by `claims:` conditions anywhere in the config (named and inline policies).
+fn policy_claim_paths(raw: &RawConfig) -> Vec<Arc<str>> {
+    let mut set = std::collections::BTreeSet::new();
+    for p in raw.policies.values() {
+        set.extend(p.claims.keys().cloned());
+    }
+    for r in &raw.routes {
+        if let Some(p) = &r.authz {
+            set.extend(p.claims.keys().cloned());
+        }
+    }
+    set.into_iter().map(|s| Arc::from(s.as_str())).collect()
+}
+
+fn policies(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, Arc<Policy>> {
+    let mut out = BTreeMap::new();
+    for (name, p) in &raw.policies {
+        let path = format!("policies.{name}");
+        if !valid_name(name) {
+            cx.err(
+                &path,
+                "policy names use letters, digits, '-', '_' or '.' (at most 64)",
+            );
+            continue;
+        }
+        if let Some(policy) = policy(cx, &path, p) {
+            out.insert(name.clone(), Arc::new(policy));
+        }
+    }
+    out
+}
+
+/// Values compared against credentials: non-empty, no control characters, bounded.
+fn policy_value_ok(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control)
+}
+
+fn policy(cx: &mut Ctx, path: &str, p: &RawPolicy) -> Option<Policy> {
+    use crate::authz::ClaimRule;
+    let before = cx.issues.len();
+    let mut lists = |field: &str, v: &[String]| -> Vec<String> {
+        for (i, x) in v.iter().enumerate() {
+            if !policy_value_ok(x) {
+                cx.err(
+                    format!("{path}.{field}[{i}]"),
+                    format!("invalid value {x:?}"),
+                );
+            }
+        }
+        v.to_vec()
+    };
+    let scopes_all = lists("scopes_all", &p.scopes_all);
+    let scopes_any = lists("scopes_any", &p.scopes_any);
+    let roles_all = lists("roles_all", &p.roles_all);
+    let roles_any = lists("roles_any", &p.roles_any);
+    let groups_all = lists("groups_all", &p.groups_all);
+    let groups_any = lists("groups_any", &p.groups_any);
+    let mut claims = Vec::new();
+    for (k, v) in &p.claims {
+        let kp = format!("{path}.claims.{k}");
+        if k.is_empty() || k.len() > 256 || k.starts_with('.') || k.ends_with('.') {
+            cx.err(&kp, "invalid claim path");
+            continue;
+        }
+        let accepted: Vec<String> = match v {
+            ClaimValues::One(x) => vec![x.text()],
+            ClaimValues::Many(xs) => xs.iter().map(|x| x.text()).collect(),
+        };
+        if accepted.is_empty() || accepted.iter().any(|a| !policy_value_ok(a)) {
+            cx.err(&kp, "needs one or more non-empty values");
+            continue;
+        }
+        claims.push(ClaimRule {
+            path: k.as_str().into(),
+            accepted,
+        });
+    }
+    let mut auth_methods = Vec::new();
+    for m in &p.auth_methods {
+        let m = match m {
+            AuthMethodName::ApiKey => AuthMethod::ApiKey,
+            AuthMethodName::Jwt => AuthMethod::Jwt,
+            AuthMethodName::Mtls => AuthMethod::Mtls,
+        };
+        if !auth_methods.contains(&m) {
+            auth_methods.push(m);
+        }
+    }
+    let cidrs = |cx: &mut Ctx, field: &str, v: &[String]| -> CidrSet {
+        let mut out = Vec::new();
+        for (i, c) in v.iter().enumerate() {
+            match Cidr::parse(c) {
+                Ok(c) => out.push(c),
+                Err(m) => cx.err(format!("{path}.client_ips.{field}[{i}]"), m),
+            }
+        }
+        CidrSet::new(out)
+    };
+    let (ip_allow, ip_deny) = match &p.client_ips {
+        Some(r) => {
+            if r.allow.is_empty() && r.deny.is_empty() {
+                cx.err(
+                    format!("{path}.client_ips"),
+                    "needs allow or deny (or remove it)",
+                );
+            }
+            (cidrs(cx, "allow", &r.allow), cidrs(cx, "deny", &r.deny))
+        }
+        None => (CidrSet::default(), CidrSet::default()),
+    };
+    let policy = Policy {
+        name: path.to_string(),
+        ip_allow,
+        ip_deny,
+        auth_methods,
+        scopes_all,
+        scopes_any,
+        roles_all,
+        roles_any,
+        groups_all,
+        groups_any,
+        claims,
+        shadow: p.mode == Some(PolicyMode::Shadow),
+    };
+    if cx.issues.len() == before
+        && !policy.needs_principal()
+        && policy.ip_allow.is_empty()
+        && policy.ip_deny.is_empty()
+    {
+        cx.err(
+            path,
+            "policy has no conditions (authentication alone needs no policy)",
+        );
+    }
+    (cx.issues.len() == before).then_some(policy)
+}
+
+/// Resolve a route's `policy:`/`authz:`/`mode:` and check they fit the route.
+fn route_policy(
+    cx: &mut Ctx,
+    path: &str,
+    r: &RawRoute,
+    config: &RawConfig,
+    policies: &BTreeMap<String, Arc<Policy>>,
+    authn: &[Arc<Authenticator>],
+    used: &mut HashSet<String>,
+) -> (Option<Arc<Policy>>, bool) {
+    let policy = match (&r.policy, &r.authz) {
+        (Some(_), Some(_)) => {
+            cx.err(
+                format!("{path}.authz"),
+                "use either policy (a named policy) or authz (inline), not both",
+            );
+            None
+        }
+        (Some(name), None) => {
+            used.insert(name.clone());
+            match policies.get(name) {
+                Some(p) => Some(p.clone()),
+                None if config.policies.contains_key(name) => None,
+                None => {
+                    cx.err(format!("{path}.policy"), format!("unknown policy {name:?}"));
+                    None
+                }
+            }
+        }
+        (None, Some(raw)) => policy(cx, &format!("{path}.authz"), raw).map(Arc::new),
+        (None, None) => None,
+    };
+    let route_shadow = r.mode == Some(PolicyMode::Shadow);
+    if route_shadow && r.policy.is_none() && r.authz.is_none() {
+        cx.err(
+            format!("{path}.mode"),
+            "shadow mode applies to an authorization policy; this route has none",
+        );
+    }
+    if let Some(p) = &policy {
+        if r.public && p.needs_principal() {
+            cx.err(
+                format!("{path}.public"),
+                "a public route has no authenticated caller; its policy may only use client_ips",
+            );
+        }
+        if !p.auth_methods.is_empty()
+            && !authn.is_empty()
+            && !authn.iter().any(|a| p.auth_methods.contains(&a.method()))
+        {
+            cx.err(
+                format!("{path}.authn"),
+                "none of these authenticators produces an authentication method the policy allows; the route could never be used",
+            );
+        }
+    }
+    let shadow = route_shadow || policy.as_ref().is_some_and(|p| p.shadow);
+    (policy, shadow)
 }
 
 #[cfg(test)]

@@ -97,6 +97,8 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub authenticators: BTreeMap<String, Arc<crate::auth::Authenticator>>,
     pub trusted_proxies: CidrSet,
+    /// Header a trusted proxy uses for the client address.
+    pub client_ip_header: raw::ClientIpHeader,
     pub limits: Limits,
 }
 

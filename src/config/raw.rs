@@ -22,6 +22,9 @@ pub struct RawConfig {
     /// Named authenticators that routes reference in `authn`.
     #[serde(default)]
     pub authenticators: BTreeMap<String, RawAuthenticator>,
+    /// Named authorization policies that routes reference with `policy:`.
+    #[serde(default)]
+    pub policies: BTreeMap<String, RawPolicy>,
     /// Reserved for the rate-limiting issue; any entry is rejected until it lands.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, IgnoredAny>,
@@ -147,6 +150,8 @@ pub struct RawApiKeyEntry {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
     /// RFC 3339 time after which the key is refused (`key_expired`).
     pub expires: Option<String>,
     /// A disabled key is refused (`key_disabled`) but stays in the file for the record.
@@ -174,6 +179,30 @@ pub struct RawServer {
     pub grace_period: Option<DurationStr>,
     /// Hard stop for the final shutdown of services after the grace period.
     pub graceful_shutdown_timeout: Option<DurationStr>,
+    /// Which header a trusted proxy uses to pass the client address. Default `x_forwarded_for`.
+    #[serde(default)]
+    pub client_ip_header: ClientIpHeader,
+    /// Whether route paths match case-sensitively. Default `sensitive` (RFC 3986); set
+    /// `insensitive` when any upstream treats paths case-insensitively.
+    #[serde(default)]
+    pub path_case: PathCase,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientIpHeader {
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=...`.
+    Forwarded,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathCase {
+    #[default]
+    Sensitive,
+    Insensitive,
 }
 
 #[derive(Debug, Deserialize)]
@@ -367,6 +396,90 @@ pub struct RawRoute {
     /// Allow WebSocket upgrades on this route. Off by default: any `Upgrade` request is 400.
     #[serde(default)]
     pub websocket: bool,
+    /// Name of a policy in `policies:` (mutually exclusive with an inline `authz`).
+    pub policy: Option<String>,
+    /// Inline authorization policy.
+    pub authz: Option<RawPolicy>,
+    /// `shadow`: authorization denials are counted and logged but the request passes.
+    pub mode: Option<PolicyMode>,
+}
+
+/// An authorization policy: every condition present must hold (AND); within a list, `_any`
+/// means one of, `_all` means every one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub scopes_all: Vec<String>,
+    #[serde(default)]
+    pub scopes_any: Vec<String>,
+    #[serde(default)]
+    pub roles_all: Vec<String>,
+    #[serde(default)]
+    pub roles_any: Vec<String>,
+    #[serde(default)]
+    pub groups_all: Vec<String>,
+    #[serde(default)]
+    pub groups_any: Vec<String>,
+    /// Claim (dot path) → accepted value or values.
+    #[serde(default)]
+    pub claims: BTreeMap<String, ClaimValues>,
+    /// How the caller must have authenticated.
+    #[serde(default)]
+    pub auth_methods: Vec<AuthMethodName>,
+    pub client_ips: Option<RawIpRule>,
+    pub mode: Option<PolicyMode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpRule {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyMode {
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethodName {
+    ApiKey,
+    Jwt,
+    Mtls,
+}
+
+/// A claim value in a policy: a scalar or a list of scalars (any of them matches).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ClaimValues {
+    One(ClaimScalar),
+    Many(Vec<ClaimScalar>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ClaimScalar {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl ClaimScalar {
+    /// The text a claim value is compared against (JSON numbers and booleans as written).
+    pub fn text(&self) -> String {
+        match self {
+            ClaimScalar::Str(s) => s.clone(),
+            ClaimScalar::Int(i) => i.to_string(),
+            ClaimScalar::Bool(b) => b.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -37,6 +37,10 @@ pub struct Route {
     pub methods: u8,
     /// `Upgrade: websocket` is allowed (and only that protocol).
     pub websocket: bool,
+    /// Authorization policy (named or inline), if any.
+    pub policy: Option<Arc<crate::authz::Policy>>,
+    /// Policy denials are recorded as `shadow_deny` and let through (route or policy `mode`).
+    pub shadow: bool,
 }
 
 impl Route {
@@ -132,6 +136,9 @@ pub struct Router {
     wildcard_hosts: HashMap<String, PathTable>,
     any_host: PathTable,
     len: usize,
+    /// `server.path_case: insensitive`: route paths are stored lower-case and request paths
+    /// are lower-cased (ASCII) for the lookup only; the upstream still gets the path as sent.
+    case_insensitive: bool,
 }
 
 impl Router {
@@ -155,6 +162,17 @@ impl Router {
         self.len
     }
 
+    pub fn new(case_insensitive: bool) -> Router {
+        Router {
+            case_insensitive,
+            ..Router::default()
+        }
+    }
+
+    pub fn case_insensitive(&self) -> bool {
+        self.case_insensitive
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -162,6 +180,13 @@ impl Router {
     /// Find the route for a normalised host and path. `method` is `None` for methods no route
     /// can allow (TRACE, CONNECT, extension methods).
     pub fn lookup(&self, host: &str, path: &str, method: Option<Method>) -> RouteMatch<'_> {
+        let folded;
+        let path = if self.case_insensitive && path.bytes().any(|b| b.is_ascii_uppercase()) {
+            folded = path.to_ascii_lowercase();
+            folded.as_str()
+        } else {
+            path
+        };
         let group = self.group_for(host, path);
         let Some(group) = group else {
             return RouteMatch::NoRoute;
@@ -224,6 +249,8 @@ mod tests {
             strip_prefix: None,
             methods,
             websocket: false,
+            policy: None,
+            shadow: false,
         })
     }
 
@@ -311,6 +338,26 @@ mod tests {
     }
 
     #[test]
+    fn case_insensitive_lookup() {
+        let mut r = Router::new(true);
+        r.insert(
+            &HostSpec::Any,
+            &PathSpec::Prefix("/admin".into()),
+            route("admin", ALL_METHODS),
+        );
+        let g = Some(Method::Get);
+        assert_eq!(id(r.lookup("h", "/ADMIN/x", g)), "admin");
+        assert_eq!(id(r.lookup("h", "/aDmIn", g)), "admin");
+        let mut s = Router::new(false);
+        s.insert(
+            &HostSpec::Any,
+            &PathSpec::Prefix("/admin".into()),
+            route("admin", ALL_METHODS),
+        );
+        assert_eq!(id(s.lookup("h", "/ADMIN/x", g)), "404");
+    }
+
+    #[test]
     fn no_route() {
         let mut r = Router::default();
         r.insert(
@@ -333,6 +380,8 @@ mod tests {
             strip_prefix: Some("/api/v1".into()),
             methods: ALL_METHODS,
             websocket: false,
+            policy: None,
+            shadow: false,
         };
         assert_eq!(rt.upstream_path("/api/v1/orders"), "/orders");
         assert_eq!(rt.upstream_path("/api/v1"), "/");

@@ -42,6 +42,14 @@ pub enum PathError {
     Semicolon,
     #[error("fragment in the request target")]
     Fragment,
+    #[error("a path segment ends with '.'")]
+    TrailingDot,
+    #[error("a path segment starts or ends with a space")]
+    SegmentWhitespace,
+    #[error(
+        "a character that Unicode normalisation turns into '/', '\\', '.', ';', '%' or a letter"
+    )]
+    Confusable,
 }
 
 impl PathError {
@@ -57,6 +65,9 @@ impl PathError {
             PathError::InvalidUtf8 => "invalid_utf8",
             PathError::Semicolon => "path_parameter",
             PathError::Fragment => "fragment",
+            PathError::TrailingDot => "trailing_dot",
+            PathError::SegmentWhitespace => "segment_whitespace",
+            PathError::Confusable => "confusable_character",
         }
     }
 }
@@ -178,8 +189,11 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
         decoded.push(b);
         i += 1;
     }
-    if any_non_ascii && std::str::from_utf8(&decoded).is_err() {
-        return Err(PathError::InvalidUtf8);
+    if any_non_ascii {
+        let text = std::str::from_utf8(&decoded).map_err(|_| PathError::InvalidUtf8)?;
+        if text.chars().any(is_confusable) {
+            return Err(PathError::Confusable);
+        }
     }
     // Double encoding can also be assembled from escapes: `%25%32%65` decodes to `%252e`.
     // Check the output, not only the raw input.
@@ -189,7 +203,44 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, PathError> {
     {
         return Err(PathError::DoubleEncoding);
     }
-    Ok(remove_dot_segments(&canon))
+    let out = remove_dot_segments(&canon);
+    check_segments(&out)?;
+    Ok(out)
+}
+
+/// Segments that some servers read differently from us: Windows/IIS and some Java stacks drop a
+/// trailing `.` (`/admin.` → `/admin`), and whitespace trimming (Spring's `trimTokens`,
+/// CVE-2016-5007) turns `/admin%20` into `/admin`. We cannot know the upstream, so refuse them.
+fn check_segments(path: &str) -> Result<(), PathError> {
+    for seg in path.split('/') {
+        if seg.ends_with('.') {
+            return Err(PathError::TrailingDot);
+        }
+        if seg.starts_with("%20") || seg.ends_with("%20") {
+            return Err(PathError::SegmentWhitespace);
+        }
+    }
+    Ok(())
+}
+
+/// Characters that NFKC normalisation or Windows "best fit" code-page mapping turn into path
+/// syntax or ASCII letters (`／` → `/`, `．` → `.`, `ａ` → `a`, `∕` → `/`): an upstream that
+/// normalises Unicode would see a different path than the one we routed. Legitimate paths do
+/// not need them; other non-ASCII text (accents, CJK) is fine.
+fn is_confusable(c: char) -> bool {
+    matches!(c as u32,
+        0xFF01..=0xFF5E      // fullwidth ASCII forms
+        | 0xFE50..=0xFE6B    // small form variants (﹒ ﹔ ﹨ ﹪ …)
+        | 0x2024..=0x2026    // one/two dot leader, ellipsis
+        | 0x2044 | 0x2215 | 0x29F5 | 0x29F8 | 0x29F9 // fraction/division slash, reverse solidus operator, big solidi
+        | 0x2100..=0x214F    // letterlike symbols (℀ ℁ K Å …)
+        | 0x2160..=0x217F    // roman numerals (Ⅰ → I)
+        | 0x1D400..=0x1D7FF  // mathematical alphanumerics (𝐚 → a)
+        | 0x00AD             // soft hyphen (ignorable)
+        | 0x200B..=0x200F    // zero-width and direction marks
+        | 0x2060..=0x2064    // word joiner and invisible operators
+        | 0xFEFF             // zero-width no-break space
+    )
 }
 
 /// True when `raw` is already canonical: only raw path characters, no `%`, no empty segment,
@@ -203,7 +254,8 @@ fn is_canonical(raw: &[u8]) -> bool {
                 return false;
             }
             let seg = &raw[seg_start..i];
-            if seg == b"." || seg == b".." {
+            // Dot-segments and segments ending in `.` go the slow way (resolved or refused).
+            if seg.last() == Some(&b'.') {
                 return false;
             }
             seg_start = i + 1;
@@ -215,8 +267,7 @@ fn is_canonical(raw: &[u8]) -> bool {
             prev_slash = false;
         }
     }
-    let last = &raw[seg_start..];
-    last != b"." && last != b".."
+    raw[seg_start..].last() != Some(&b'.')
 }
 
 /// Resolve `.`/`..`, collapse empty segments, keep a trailing slash. Input starts with `/` and
@@ -346,6 +397,8 @@ mod tests {
             "/v1/orders/47",
             "/a:b@c!$&'()*+,=",
             "/%E2%82%AC",
+            "/caf%C3%A9/%E6%97%A5%E6%9C%AC",
+            "/a/..b/c.d/v1.2",
         ] {
             assert_eq!(n(p).unwrap(), p, "{p}");
         }
@@ -370,7 +423,6 @@ mod tests {
             ("/a%3f%23", "/a%3F%23"),
             ("/a b", "/a%20b"),
             ("/%e2%82%ac", "/%E2%82%AC"),
-            ("/a/.../b", "/a/.../b"),
             ("/a/..b/c", "/a/..b/c"),
         ];
         for (input, want) in cases {
@@ -404,6 +456,18 @@ mod tests {
             ("/a%C0%AE", PathError::InvalidUtf8),
             ("/a%ff", PathError::InvalidUtf8),
             ("/a#b", PathError::Fragment),
+            ("/admin.", PathError::TrailingDot),
+            ("/admin./x", PathError::TrailingDot),
+            ("/admin%2e", PathError::TrailingDot),
+            ("/a/.../b", PathError::TrailingDot),
+            ("/admin%20", PathError::SegmentWhitespace),
+            ("/%20admin/x", PathError::SegmentWhitespace),
+            ("/admin%20/x", PathError::SegmentWhitespace),
+            ("/%EF%BC%8Fadmin", PathError::Confusable),
+            ("/%EF%BD%81dmin", PathError::Confusable),
+            ("/a%E2%80%8Bb", PathError::Confusable),
+            ("/a\u{ff0e}\u{ff0e}/b", PathError::Confusable),
+            ("/a%E2%88%95b", PathError::Confusable),
         ];
         for (input, want) in cases {
             assert_eq!(n(input), Err(want), "{input}");
@@ -430,7 +494,16 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 p.push_str(alphabet[(seed >> 33) as usize % alphabet.len()]);
             }
-            let once = n(&p).unwrap();
+            let once = match n(&p) {
+                Ok(o) => o,
+                Err(e) => {
+                    assert!(
+                        matches!(e, PathError::TrailingDot | PathError::SegmentWhitespace),
+                        "{p}: {e:?}"
+                    );
+                    continue;
+                }
+            };
             assert_eq!(n(&once).unwrap(), once, "not idempotent: {p}");
             assert!(
                 is_canonical(once.as_bytes()) || once.contains('%'),
