@@ -37,6 +37,9 @@ impl AuthMethod {
     }
 }
 
+/// A claim path and the values the credential carries for it (see `Principal::policy_claims`).
+pub type PolicyClaim = (Arc<str>, Box<[String]>);
+
 /// A verified identity. One type for every authenticator, used by identity headers and (with
 /// later issues) authorization, rate-limit keys and audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +60,7 @@ pub struct Principal {
     /// Values of the claims that authorization policies test (`claims:` conditions), as
     /// (dot path, values). Only the paths some policy names are extracted, so the cached
     /// principal stays small.
-    pub policy_claims: Arc<[(Arc<str>, Box<[String]>)]>,
+    pub policy_claims: Arc<[PolicyClaim]>,
     /// Unix seconds after which the credential is no longer valid.
     pub expires_at: Option<u64>,
 }
