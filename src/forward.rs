@@ -25,7 +25,7 @@ pub const X_REQUEST_ID: &str = "X-Request-Id";
 /// Removed from every upstream request: client-IP and scheme claims that only the gateway may
 /// make (services read the gateway-written `X-Forwarded-For`/`-Proto`), and path/method
 /// overrides. `X-Original-*` and, from untrusted peers, every `X-Forwarded-*` go by prefix.
-const OVERRIDE_HEADERS: [&str; 13] = [
+const OVERRIDE_HEADERS: [&str; 15] = [
     "x-real-ip",
     "true-client-ip",
     "x-client-ip",
@@ -34,6 +34,8 @@ const OVERRIDE_HEADERS: [&str; 13] = [
     "front-end-https",
     "x-url-scheme",
     "x-rewrite-url",
+    "x-override-url",
+    "x-proxy-url",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
