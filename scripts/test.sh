@@ -9,3 +9,7 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test --all-targets"
 cargo test --all-targets
+# The fuzz targets (scripts/fuzz.sh runs them) must keep compiling against the library.
+echo "== cargo check fuzz targets"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo check --manifest-path fuzz/Cargo.toml --bins
