@@ -28,6 +28,7 @@ Portcullis is running on http://127.0.0.1:8080 (admin on 127.0.0.1:9100). Try:
   curl -i http://127.0.0.1:8080/api/public/hello              # 200, answered by an echo upstream
   curl -i http://127.0.0.1:8080/api/orders/47                 # 401 credentials_missing
   curl -s -H 'x-api-key: demo-key-not-secret' http://127.0.0.1:8080/api/orders/47   # 200 with X-Portcullis-* identity
+  curl -i -X POST -H 'x-api-key: demo-key-not-secret' http://127.0.0.1:8080/api/orders   # 403 insufficient_scope
   curl -i http://127.0.0.1:8080/nowhere                       # 404 no_route (default deny)
   curl -i -X DELETE http://127.0.0.1:8080/api/public/hello    # 405 method_not_allowed, Allow: GET, HEAD
   curl -i --path-as-is 'http://127.0.0.1:8080/api/public/a%2fb'   # 400 invalid_path (encoded slash)
