@@ -12,18 +12,6 @@ struct Keys {
     other: String,
 }
 
-fn sha(key: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("printf '%s' '{key}' | sha256sum")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn keygen(id: &str, consumer: &str) -> (String, String) {
     let (code, out, err) = run_cli(&["keygen", "--id", id, "--consumer", consumer]);
     assert_eq!(code, 0, "{err}");

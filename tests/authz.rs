@@ -6,30 +6,10 @@ mod common;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-authz-secret";
 const GOOD_KEY: &str = "pk_test_orders_reader_0123456789";
 const PLAIN_KEY: &str = "pk_test_plain_consumer_987654321";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn sha(key: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("printf '%s' '{key}' | sha256sum")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 fn token(extra: Value) -> String {
     let mut c =

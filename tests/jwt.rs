@@ -6,16 +6,8 @@ use common::*;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn key_file(name: &str) -> Vec<u8> {
     std::fs::read(fixture(&format!("jwt/{name}"))).unwrap()

@@ -409,3 +409,24 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Hex SHA-256 of an API key, computed by coreutils (independently of the gateway's code).
+pub fn sha(key: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("printf '%s' '{key}' | sha256sum")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string()
+}
