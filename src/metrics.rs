@@ -26,6 +26,7 @@ pub struct Metrics {
     jwks_keys: IntGaugeVec,
     jwks_last_success: IntGaugeVec,
     token_cache: IntCounterVec,
+    token_cache_entries: IntGaugeVec,
     authz_decisions: IntCounterVec,
 }
 
@@ -116,6 +117,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["authenticator", "result"],
     )?;
+    let token_cache_entries = IntGaugeVec::new(
+        Opts::new(
+            "portcullis_token_cache_entries",
+            "Verified tokens held in the cache, by authenticator",
+        ),
+        &["authenticator"],
+    )?;
     let authz_decisions = IntCounterVec::new(
         Opts::new(
             "portcullis_authz_decisions_total",
@@ -142,6 +150,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(jwks_keys.clone()))?;
     registry.register(Box::new(jwks_last_success.clone()))?;
     registry.register(Box::new(token_cache.clone()))?;
+    registry.register(Box::new(token_cache_entries.clone()))?;
     registry.register(Box::new(authz_decisions.clone()))?;
     registry.register(Box::new(build_info))?;
     Ok(Metrics {
@@ -158,6 +167,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         jwks_keys,
         jwks_last_success,
         token_cache,
+        token_cache_entries,
         authz_decisions,
     })
 }
@@ -245,6 +255,14 @@ pub fn token_cache(authenticator: &str, hit: bool) {
         m.token_cache
             .with_label_values(&[authenticator, if hit { "hit" } else { "miss" }])
             .inc();
+    }
+}
+
+pub fn token_cache_entries(authenticator: &str, n: usize) {
+    if let Some(m) = get() {
+        m.token_cache_entries
+            .with_label_values(&[authenticator])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 

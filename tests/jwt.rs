@@ -466,6 +466,8 @@ fn verified_tokens_are_cached_until_exp() {
     assert_eq!(bearer(g, "/rsa", &t).status, 200);
     assert_eq!(g.metric(hits), 2.0);
     assert_eq!(g.metric(misses), 1.0);
+    let entries = "portcullis_token_cache_entries{authenticator=\"rsa\"}";
+    assert_eq!(g.metric(entries), 1.0);
     // Invalid tokens are never cached: the same bad token is verified (and refused) each time.
     let mut bad = t.clone();
     let last = bad.pop().unwrap();
@@ -480,6 +482,8 @@ fn verified_tokens_are_cached_until_exp() {
     let before = g.metric(misses);
     assert_eq!(bearer(g, "/rsa", &t).status, 200);
     assert_eq!(g.metric(misses), before + 1.0);
+    // The fresh verification replaced the expired entry instead of adding one.
+    assert_eq!(g.metric(entries), 1.0);
 }
 
 #[test]

@@ -76,6 +76,20 @@ pub struct JwtAuth {
 pub struct TokenCache {
     ufo: tinyufo::TinyUfo<u64, Arc<CachedToken>>,
     hasher: ahash::RandomState,
+    /// Entries held, for `portcullis_token_cache_entries`: +1 per insert of a new key, −1 per
+    /// eviction TinyUFO reports. Two threads inserting the same token at once can over-count by
+    /// one, so it is clamped to the capacity.
+    entries: std::sync::atomic::AtomicUsize,
+    capacity: usize,
+}
+
+/// What a cache lookup found.
+enum Lookup {
+    Hit(Principal),
+    /// An entry for this hash exists but is expired, from an older key set, or another token:
+    /// the next `put` replaces it rather than adding one.
+    Stale,
+    Miss,
 }
 
 pub struct CachedToken {
@@ -96,24 +110,51 @@ impl TokenCache {
         TokenCache {
             ufo: tinyufo::TinyUfo::new(max_entries, max_entries),
             hasher: ahash::RandomState::new(),
+            entries: std::sync::atomic::AtomicUsize::new(0),
+            capacity: max_entries,
         }
     }
 
-    fn get(&self, token: &[u8], now: u64, generation: u64) -> Option<Principal> {
-        let e = self.ufo.get(&self.hasher.hash_one(token))?;
-        (now < e.exp && e.key_generation == generation && *e.token == *token)
-            .then(|| e.principal.clone())
+    fn get(&self, token: &[u8], now: u64, generation: u64) -> Lookup {
+        match self.ufo.get(&self.hasher.hash_one(token)) {
+            None => Lookup::Miss,
+            Some(e) if now < e.exp && e.key_generation == generation && *e.token == *token => {
+                Lookup::Hit(e.principal.clone())
+            }
+            Some(_) => Lookup::Stale,
+        }
     }
 
-    fn put(&self, token: &[u8], p: &Principal, generation: u64) {
-        let Some(exp) = p.expires_at else { return };
+    /// Insert a verified token; returns the number of entries now held.
+    fn put(&self, token: &[u8], p: &Principal, generation: u64, replaces: bool) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(exp) = p.expires_at else {
+            return self.len();
+        };
         let entry = Arc::new(CachedToken {
             token: token.into(),
             principal: p.clone(),
             exp,
             key_generation: generation,
         });
-        self.ufo.put(self.hasher.hash_one(token), entry, 1);
+        let evicted = self.ufo.put(self.hasher.hash_one(token), entry, 1).len();
+        let added = usize::from(!replaces);
+        // fetch_update never fails with a closure that always returns Some.
+        let _ = self.entries.fetch_update(Relaxed, Relaxed, |n| {
+            Some((n + added).saturating_sub(evicted))
+        });
+        self.len()
+    }
+
+    /// Entries currently held (see the field's comment for the bound).
+    pub fn len(&self) -> usize {
+        self.entries
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(self.capacity)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -343,10 +384,15 @@ impl JwtAuth {
         let generation = self.remote.as_ref().map_or(0, |r| {
             r.generation.load(std::sync::atomic::Ordering::Acquire)
         });
+        let mut replaces = false;
         if let Some(c) = &self.cache {
-            if let Some(p) = c.get(token, now, generation) {
-                crate::metrics::token_cache(&self.name, true);
-                return Ok(p);
+            match c.get(token, now, generation) {
+                Lookup::Hit(p) => {
+                    crate::metrics::token_cache(&self.name, true);
+                    return Ok(p);
+                }
+                Lookup::Stale => replaces = true,
+                Lookup::Miss => {}
             }
             crate::metrics::token_cache(&self.name, false);
         }
@@ -362,7 +408,8 @@ impl JwtAuth {
         if let (Ok(p), Some(c)) = (&result, &self.cache) {
             // Cache under the generation that was current *before* verifying: if keys changed
             // meanwhile, the entry is simply never used.
-            c.put(token, p, generation);
+            let n = c.put(token, p, generation, replaces);
+            crate::metrics::token_cache_entries(&self.name, n);
         }
         result
     }
@@ -641,5 +688,41 @@ mod tests {
         assert!(b64url_decode(b"Zm9v=").is_none());
         assert!(b64url_decode(b"Z").is_none());
         assert!(b64url_decode(b"Zm+v").is_none());
+    }
+
+    fn principal(exp: u64) -> Principal {
+        Principal {
+            method: crate::auth::AuthMethod::Jwt,
+            authenticator: "t".into(),
+            subject: "s".into(),
+            consumer: None,
+            key_id: None,
+            issuer: None,
+            scopes: Arc::new([]),
+            roles: Arc::new([]),
+            groups: Arc::new([]),
+            claims: Arc::new([]),
+            policy_claims: Arc::new([]),
+            expires_at: Some(exp),
+        }
+    }
+
+    #[test]
+    fn token_cache_counts_entries_and_stays_bounded() {
+        let c = TokenCache::new(8);
+        let p = principal(100);
+        assert!(matches!(c.get(b"a", 10, 0), Lookup::Miss));
+        assert_eq!(c.put(b"a", &p, 0, false), 1);
+        assert!(matches!(c.get(b"a", 10, 0), Lookup::Hit(_)));
+        // Expired, or verified under an older key set: stale, and replaced in place.
+        assert!(matches!(c.get(b"a", 100, 0), Lookup::Stale));
+        assert!(matches!(c.get(b"a", 10, 1), Lookup::Stale));
+        assert_eq!(c.put(b"a", &p, 1, true), 1);
+        for i in 0..100u32 {
+            let t = format!("token-{i}");
+            c.put(t.as_bytes(), &p, 1, false);
+            assert!(c.len() <= 8, "{}", c.len());
+        }
+        assert!(c.len() >= 4, "evictions over-counted: {}", c.len());
     }
 }
