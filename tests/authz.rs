@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-authz-secret";
@@ -17,12 +16,7 @@ fn token(extra: Value) -> String {
     for (k, v) in extra.as_object().unwrap() {
         c[k] = v.clone();
     }
-    encode(
-        &Header::new(Algorithm::HS256),
-        &c,
-        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    hs256(SECRET, &c)
 }
 
 struct Setup {

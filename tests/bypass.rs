@@ -11,7 +11,6 @@
 
 mod common;
 use common::*;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,12 +22,7 @@ fn user_token() -> String {
         .unwrap()
         .as_secs();
     let c = json!({"sub": "mallory", "exp": now + 600, "scope": "read"});
-    encode(
-        &Header::new(Algorithm::HS256),
-        &c,
-        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    hs256(SECRET, &c)
 }
 
 struct Setup {

@@ -224,10 +224,25 @@ impl Gateway {
         get(self.addr, path)
     }
 
+    /// The admin `/metrics` text, once it has settled. Request metrics are recorded in the
+    /// `logging` phase, which Pingora runs after the response is sent, so a scrape right after
+    /// the last answer can race it; two equal scrapes 25 ms apart (at most ~1 s) end the race.
     pub fn metrics(&self) -> String {
-        let r = get(self.admin, "/metrics");
-        assert_eq!(r.status, 200);
-        r.text()
+        let scrape = || {
+            let r = get(self.admin, "/metrics");
+            assert_eq!(r.status, 200);
+            r.text()
+        };
+        let mut last = scrape();
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(25));
+            let next = scrape();
+            if next == last {
+                break;
+            }
+            last = next;
+        }
+        last
     }
 
     /// Value of the metric line that starts with `prefix` (exact series), or 0.
@@ -429,4 +444,15 @@ pub fn sha(key: &str) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// An HS256 JWT over `claims`, signed with `secret` (the test's own signer, not the gateway's).
+pub fn hs256(secret: &str, claims: &serde_json::Value) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
 }
