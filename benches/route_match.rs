@@ -30,6 +30,7 @@ fn router() -> Router {
             methods: ALL_METHODS,
             websocket: false,
             policy: None,
+            rate_limits: Vec::new(),
             shadow: false,
         });
         // A realistic mix: host-specific, wildcard and host-less; prefixes and exact paths.

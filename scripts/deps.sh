@@ -15,6 +15,7 @@ have_cmd pkg-config || need+=(pkg-config)
 have_pkg libssl-dev || need+=(libssl-dev)  # pingora's openssl feature, linked (not vendored)
 have_cmd curl || need+=(curl)              # TLS listener test, demo
 have_cmd openssl || need+=(openssl)
+have_cmd redis-server || need+=(redis-server)  # tests of the Redis rate-limit backend
 if [[ "${1:-}" == "bench" ]]; then
   have_cmd wrk || need+=(wrk)
   have_cmd taskset || need+=(util-linux)

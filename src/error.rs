@@ -7,11 +7,13 @@
 
 use crate::auth::AuthError;
 use crate::authz::Denial;
+use crate::ratelimit::LimitKind;
 use crate::route::normalize::{HostError, PathError};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why the gateway answered instead of the upstream.
@@ -57,6 +59,20 @@ pub enum Reject {
         /// The caller presented a bearer token: answer with RFC 6750 `insufficient_scope`.
         bearer: bool,
     },
+    #[error("{}", match kind {
+        LimitKind::Rate => "rate limit exceeded",
+        LimitKind::Inflight => "too many concurrent requests",
+        LimitKind::Unavailable => "rate limit state unavailable",
+    })]
+    RateLimited {
+        policy: Arc<str>,
+        kind: LimitKind,
+        /// Seconds, for `Retry-After`.
+        retry_after: u64,
+        /// `RateLimit-Policy` and `RateLimit` items (rate limits only).
+        policy_item: Option<String>,
+        rate_item: Option<String>,
+    },
 }
 
 impl Reject {
@@ -81,6 +97,12 @@ impl Reject {
             } => 503,
             Reject::Unauthenticated { .. } => 401,
             Reject::Forbidden { .. } => 403,
+            // Fail-closed Redis outage: not the caller's fault either.
+            Reject::RateLimited {
+                kind: LimitKind::Unavailable,
+                ..
+            } => 503,
+            Reject::RateLimited { .. } => 429,
         }
     }
 
@@ -103,6 +125,11 @@ impl Reject {
             Reject::UpgradeNotAllowed => "upgrade_not_allowed",
             Reject::Unauthenticated { reason, .. } => reason.code(),
             Reject::Forbidden { reason, .. } => reason.code(),
+            Reject::RateLimited {
+                kind: LimitKind::Unavailable,
+                ..
+            } => "rate_limit_unavailable",
+            Reject::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -110,6 +137,10 @@ impl Reject {
         match self {
             Reject::InvalidPath(e) => Some(e.code()),
             Reject::InvalidHost(e) => Some(e.code()),
+            Reject::RateLimited {
+                kind: LimitKind::Inflight,
+                ..
+            } => Some("max_inflight"),
             _ => None,
         }
     }
@@ -154,6 +185,10 @@ pub fn body(reject: &Reject, request_id: &str) -> String {
         b.push_str(",\"detail\":");
         json_str(&mut b, d);
     }
+    if let Reject::RateLimited { policy, .. } = reject {
+        b.push_str(",\"policy\":");
+        json_str(&mut b, policy);
+    }
     b.push_str(",\"request_id\":");
     json_str(&mut b, request_id);
     b.push('}');
@@ -183,6 +218,19 @@ pub fn response_header(
             "www-authenticate",
             "Bearer realm=\"portcullis\", error=\"insufficient_scope\"",
         )?;
+    }
+    if let Reject::RateLimited {
+        retry_after,
+        policy_item,
+        rate_item,
+        ..
+    } = reject
+    {
+        h.insert_header("retry-after", retry_after.to_string())?;
+        if let (Some(p), Some(r)) = (policy_item, rate_item) {
+            h.insert_header("ratelimit-policy", p.as_str())?;
+            h.insert_header("ratelimit", r.as_str())?;
+        }
     }
     if reject.close_connection() {
         h.insert_header("connection", "close")?;

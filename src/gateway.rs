@@ -1,8 +1,8 @@
 //! Per-request admission: everything `request_filter` decides before a request may be proxied.
 //!
 //! Order matters and is fixed: request id and client IP (so every answer, even a 400, carries
-//! them) → size and framing limits → host → path normalisation → route. Later issues add
-//! authentication, authorization and rate limiting after the route is known. The function
+//! them) → size and framing limits → host → path normalisation → route → upgrade check →
+//! network policy → (auth-failure limits → authentication → principal policy) → rate limits. The function
 //! never writes a response itself; it returns a [`Reject`] for `error::respond` to render.
 
 use crate::auth;
@@ -11,6 +11,7 @@ use crate::clientip;
 use crate::config::raw::{ClientIpHeader, Method};
 use crate::config::Snapshot;
 use crate::error::Reject;
+use crate::ratelimit;
 use crate::route::normalize::{normalize_host, normalize_path, HostError, PathError};
 use crate::route::{Route, RouteMatch};
 use pingora::http::RequestHeader;
@@ -51,6 +52,8 @@ pub struct RequestCtx {
     /// See [`Conn::te_with_cl`].
     pub te_with_cl: bool,
     pub client_cert: Option<Arc<auth::mtls::ClientCert>>,
+    /// Rate-limit state: concurrency slots held, headers for the response, what fired.
+    pub limits: ratelimit::RequestLimits,
 }
 
 impl RequestCtx {
@@ -76,6 +79,7 @@ impl RequestCtx {
             body_bytes: 0,
             te_with_cl: false,
             client_cert: None,
+            limits: ratelimit::RequestLimits::default(),
         }
     }
 
@@ -215,16 +219,26 @@ pub async fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reje
     }
     if route.public {
         ctx.authz = Some(decided(shadowed, authz::Decision::Public));
-        return Ok(());
+        let facts = ratelimit::facts(req, ctx.client_ip, &route.id, None);
+        return ratelimit::acquire(&route.rate_limits, &facts, &mut ctx.limits).await;
     }
+    let facts = ratelimit::facts(req, ctx.client_ip, &route.id, None);
+    // A key that failed authentication too often is refused before its credentials are checked.
+    ratelimit::check_auth_failures(&route.rate_limits, &facts, &mut ctx.limits).await?;
     let creds = auth::Credentials {
         headers: &req.headers,
         query: ctx.query.as_deref(),
         client_cert: ctx.client_cert.as_deref(),
     };
-    let principal = auth::authenticate(&route.authn, &creds, auth::time::now())
-        .await
-        .map_err(|(reason, challenge)| Reject::Unauthenticated { reason, challenge })?;
+    let principal = match auth::authenticate(&route.authn, &creds, auth::time::now()).await {
+        Ok(p) => p,
+        Err((reason, challenge)) => {
+            if reason != auth::AuthError::KeysUnavailable {
+                ratelimit::count_auth_failure(&route.rate_limits, &facts).await;
+            }
+            return Err(Reject::Unauthenticated { reason, challenge });
+        }
+    };
     let outcome = match &route.policy {
         Some(policy) if policy.needs_principal() => {
             let r = authz::check_principal(policy, &principal);
@@ -244,6 +258,8 @@ pub async fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reje
         }
     };
     ctx.authz = Some(decided(shadowed, outcome));
+    let facts = ratelimit::facts(req, ctx.client_ip, &route.id, ctx.principal.as_ref());
+    ratelimit::acquire(&route.rate_limits, &facts, &mut ctx.limits).await?;
     // Credentials never travel upstream: drop query-parameter keys here, headers in `forward`.
     if let Some(q) = ctx.query.take() {
         ctx.query = auth::strip_query_credentials(&route.authn, &q);

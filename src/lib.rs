@@ -6,6 +6,7 @@
 //! - [`gateway`]: per-request admission (limits, host, path, route)
 //! - [`route`]: route table and path normalisation
 //! - [`upstream`]: pools, balancing, health checks
+//! - [`ratelimit`]: rate and concurrency limits (local sketch, Redis)
 //! - [`forward`]: the request sent upstream
 //! - [`error`]: the one mapping from decisions to HTTP responses
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener
@@ -23,6 +24,7 @@ pub mod forward;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod server;
 pub mod state;

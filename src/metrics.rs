@@ -28,6 +28,12 @@ pub struct Metrics {
     token_cache: IntCounterVec,
     token_cache_entries: IntGaugeVec,
     authz_decisions: IntCounterVec,
+    ratelimit_decisions: IntCounterVec,
+    ratelimit_key_fallbacks: IntCounterVec,
+    ratelimit_redis_fallbacks: IntCounterVec,
+    redis_errors: IntCounterVec,
+    redis_duration: prometheus::Histogram,
+    redis_connected: IntGauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -131,6 +137,47 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["route", "decision", "reason"],
     )?;
+    let ratelimit_decisions = IntCounterVec::new(
+        Opts::new(
+            "portcullis_ratelimit_decisions_total",
+            "Rate-limit checks by route, policy and result (allowed, limited, shadow_limited, auth_failure_counted)",
+        ),
+        &["route", "policy", "result"],
+    )?;
+    let ratelimit_key_fallbacks = IntCounterVec::new(
+        Opts::new(
+            "portcullis_ratelimit_key_fallbacks_total",
+            "Requests that had no value for a policy's key and used its fallback key",
+        ),
+        &["policy"],
+    )?;
+    let ratelimit_redis_fallbacks = IntCounterVec::new(
+        Opts::new(
+            "portcullis_ratelimit_redis_fallbacks_total",
+            "Checks Redis could not answer, by policy and the on_redis_error action taken (allow, deny, local)",
+        ),
+        &["policy", "action"],
+    )?;
+    let redis_errors = IntCounterVec::new(
+        Opts::new(
+            "portcullis_redis_errors_total",
+            "Failed Redis checks by kind (timeout, error, not_connected, breaker_open)",
+        ),
+        &["kind"],
+    )?;
+    let redis_duration = prometheus::Histogram::with_opts(
+        HistogramOpts::new(
+            "portcullis_redis_duration_seconds",
+            "Round-trip time of successful Redis rate-limit checks",
+        )
+        .buckets(vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+        ]),
+    )?;
+    let redis_connected = IntGauge::new(
+        "portcullis_redis_connected",
+        "1 while the Redis rate-limit backend is connected and its circuit breaker closed",
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new("portcullis_build_info", "Build information; always 1"),
         &["version"],
@@ -152,6 +199,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(token_cache.clone()))?;
     registry.register(Box::new(token_cache_entries.clone()))?;
     registry.register(Box::new(authz_decisions.clone()))?;
+    registry.register(Box::new(ratelimit_decisions.clone()))?;
+    registry.register(Box::new(ratelimit_key_fallbacks.clone()))?;
+    registry.register(Box::new(ratelimit_redis_fallbacks.clone()))?;
+    registry.register(Box::new(redis_errors.clone()))?;
+    registry.register(Box::new(redis_duration.clone()))?;
+    registry.register(Box::new(redis_connected.clone()))?;
     registry.register(Box::new(build_info))?;
     Ok(Metrics {
         registry,
@@ -169,6 +222,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
         token_cache,
         token_cache_entries,
         authz_decisions,
+        ratelimit_decisions,
+        ratelimit_key_fallbacks,
+        ratelimit_redis_fallbacks,
+        redis_errors,
+        redis_duration,
+        redis_connected,
     })
 }
 
@@ -308,6 +367,46 @@ pub fn set_healthy_targets(pool: &str, n: usize) {
 pub fn set_config_generation(g: u64) {
     if let Some(m) = get() {
         m.config_generation.set(g as i64);
+    }
+}
+
+pub fn ratelimit_decision(route: &str, policy: &str, result: &str) {
+    if let Some(m) = get() {
+        m.ratelimit_decisions
+            .with_label_values(&[route, policy, result])
+            .inc();
+    }
+}
+
+pub fn ratelimit_key_fallback(policy: &str) {
+    if let Some(m) = get() {
+        m.ratelimit_key_fallbacks.with_label_values(&[policy]).inc();
+    }
+}
+
+pub fn ratelimit_redis_fallback(policy: &str, action: &str) {
+    if let Some(m) = get() {
+        m.ratelimit_redis_fallbacks
+            .with_label_values(&[policy, action])
+            .inc();
+    }
+}
+
+pub fn redis_error(kind: &str) {
+    if let Some(m) = get() {
+        m.redis_errors.with_label_values(&[kind]).inc();
+    }
+}
+
+pub fn redis_duration(seconds: f64) {
+    if let Some(m) = get() {
+        m.redis_duration.observe(seconds);
+    }
+}
+
+pub fn set_redis_connected(up: bool) {
+    if let Some(m) = get() {
+        m.redis_connected.set(i64::from(up));
     }
 }
 

@@ -9,7 +9,7 @@
 //! | `upstream_peer`         | `upstream::choose_peer`                    |
 //! | `fail_to_connect`       | retry on another target (`upstream`)       |
 //! | `upstream_request_filter` | `forward::prepare_upstream_request`      |
-//! | `response_filter`       | `X-Request-Id` on every response           |
+//! | `response_filter`       | `X-Request-Id`; `ratelimit::add_response_headers` |
 //! | `fail_to_proxy`         | `error::respond` (502/504/…)               |
 //! | `logging`               | metrics                                    |
 
@@ -176,7 +176,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(crate::forward::X_REQUEST_ID, ctx.request_id.as_str())?;
-        Ok(())
+        crate::ratelimit::add_response_headers(&ctx.limits, upstream_response)
     }
 
     async fn fail_to_proxy(

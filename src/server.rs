@@ -111,6 +111,12 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
         },
     ));
     server.add_service(background_service(
+        "redis connector",
+        crate::ratelimit::redis::RedisConnector {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "config reload",
         ReloadService {
             state,

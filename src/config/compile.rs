@@ -4,6 +4,7 @@
 //! operator fixes a broken file in one round. It builds nothing that touches the network
 //! except name resolution of upstream targets (blocking, but only at load time).
 
+use super::raw::LimitCount;
 use super::raw::{
     AuthMethodName, Balance, ClaimValues, HashOn, HealthKind, Method, PathCase, PolicyMode,
     RawApiKey, RawConfig, RawListener, RawPolicy, RawRoute, RawUpstream,
@@ -15,6 +16,7 @@ use crate::auth::AuthMethod;
 use crate::auth::Authenticator;
 use crate::authz::Policy;
 use crate::clientip::{Cidr, CidrSet};
+use crate::ratelimit::{KeyPart, LimitPolicy};
 use crate::route::normalize::{normalize_host, normalize_path};
 use crate::route::{HostSpec, PathSpec, Route, Router, ALL_METHODS};
 use crate::upstream::{HashKey, HealthSettings, Pool, PoolSpec, Timeouts, UpstreamTls};
@@ -24,6 +26,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod limits;
+pub use limits::{parse_rate, DEFAULT_EXPECTED_KEYS};
+use limits::{rate_limits, redis_backend};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
@@ -79,7 +85,16 @@ pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
     let authenticators = authenticators(&mut cx, raw);
     let pools = pools(&mut cx, raw);
     let policies = policies(&mut cx, raw);
-    let router = routes(&mut cx, raw, &pools, &authenticators, &policies);
+    let redis = redis_backend(&mut cx, raw);
+    let limits_by_name = rate_limits(&mut cx, raw, redis.as_ref());
+    let router = routes(
+        &mut cx,
+        raw,
+        &pools,
+        &authenticators,
+        &policies,
+        &limits_by_name,
+    );
     if !cx.issues.is_empty() {
         return Err(cx.issues);
     }
@@ -94,6 +109,7 @@ pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
             trusted_proxies: trusted,
             client_ip_header: raw.server.client_ip_header,
             limits,
+            redis,
         },
     })
 }
@@ -262,12 +278,6 @@ fn limits(cx: &mut Ctx, raw: &RawConfig) -> Limits {
 }
 
 fn reserved_sections(cx: &mut Ctx, raw: &RawConfig) {
-    for name in raw.rate_limits.keys() {
-        cx.err(
-            format!("rate_limits.{name}"),
-            "rate limits are not supported by this version yet",
-        );
-    }
     if raw.audit.is_some() {
         cx.err(
             "audit",
@@ -990,8 +1000,10 @@ fn routes(
     pools: &BTreeMap<String, Arc<Pool>>,
     authenticators: &BTreeMap<String, Arc<Authenticator>>,
     policies: &BTreeMap<String, Arc<Policy>>,
+    limits: &BTreeMap<String, Arc<LimitPolicy>>,
 ) -> Router {
     let raw: &[RawRoute] = &config.routes;
+    let mut used_limits: HashSet<&str> = HashSet::new();
     let insensitive = config.server.path_case == PathCase::Insensitive;
     let mut router = Router::new(insensitive);
     let mut used_policies: HashSet<String> = HashSet::new();
@@ -1052,6 +1064,34 @@ fn routes(
         }
         let (policy, shadow) =
             route_policy(cx, &path, r, config, policies, &authn, &mut used_policies);
+        let mut rate_limits: Vec<Arc<LimitPolicy>> = Vec::new();
+        for (j, name) in r.rate_limits.iter().enumerate() {
+            let lpath = format!("{path}.rate_limits[{j}]");
+            match limits.get(name) {
+                Some(l) if rate_limits.iter().any(|x| Arc::ptr_eq(x, l)) => {
+                    cx.err(lpath, format!("rate limit {name:?} listed twice"))
+                }
+                Some(l) => {
+                    if r.public && l.key.iter().any(KeyPart::needs_principal) {
+                        cx.warn(
+                            &lpath,
+                            format!("route is public: policy {name:?} keys on the caller's identity, so every request uses its fallback key"),
+                        );
+                    }
+                    if r.public && l.count == LimitCount::AuthFailures {
+                        cx.err(
+                            lpath,
+                            "count: auth_failures policies need a route with authn (a public route has no failed authentications)",
+                        );
+                    } else {
+                        used_limits.insert(name.as_str());
+                        rate_limits.push(l.clone());
+                    }
+                }
+                None if config.rate_limits.contains_key(name) => {}
+                None => cx.err(lpath, format!("unknown rate limit {name:?}")),
+            }
+        }
         let m = &r.matcher;
         let pspec = match (&m.path, &m.path_prefix) {
             (Some(p), None) => path_spec(cx, &format!("{path}.match.path"), p).map(PathSpec::Exact),
@@ -1124,6 +1164,7 @@ fn routes(
             websocket: r.websocket,
             policy,
             shadow,
+            rate_limits,
         });
         for h in &hosts {
             let key = (h.clone(), pspec.clone());
@@ -1139,6 +1180,14 @@ fn routes(
             }
             group.push((i, r.id.clone(), methods));
             router.insert(h, &pspec, route.clone());
+        }
+    }
+    for name in limits.keys() {
+        if !used_limits.contains(name.as_str()) {
+            cx.warn(
+                format!("rate_limits.{name}"),
+                "rate limit is not used by any route",
+            );
         }
     }
     for name in policies.keys() {
@@ -1161,6 +1210,14 @@ fn policy_claim_paths(raw: &RawConfig) -> Vec<Arc<str>> {
     for r in &raw.routes {
         if let Some(p) = &r.authz {
             set.extend(p.claims.keys().cloned());
+        }
+    }
+    // Rate-limit keys on claims read them from the same extracted set.
+    for l in raw.rate_limits.values() {
+        for k in l.key.items() {
+            if let Some(c) = k.strip_prefix("claim:") {
+                set.insert(c.to_string());
+            }
         }
     }
     set.into_iter().map(|s| Arc::from(s.as_str())).collect()

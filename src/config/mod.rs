@@ -100,6 +100,8 @@ pub struct Snapshot {
     /// Header a trusted proxy uses for the client address.
     pub client_ip_header: raw::ClientIpHeader,
     pub limits: Limits,
+    /// The Redis server of `backend: redis` rate limits (connected by a background service).
+    pub redis: Option<Arc<crate::ratelimit::redis::RedisBackend>>,
 }
 
 #[derive(Debug)]

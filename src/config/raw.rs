@@ -25,9 +25,11 @@ pub struct RawConfig {
     /// Named authorization policies that routes reference with `policy:`.
     #[serde(default)]
     pub policies: BTreeMap<String, RawPolicy>,
-    /// Reserved for the rate-limiting issue; any entry is rejected until it lands.
+    /// Named rate-limit policies that routes reference in `rate_limits`.
     #[serde(default)]
-    pub rate_limits: BTreeMap<String, IgnoredAny>,
+    pub rate_limits: BTreeMap<String, RawRateLimit>,
+    /// The shared Redis server for `backend: redis` policies.
+    pub redis: Option<RawRedis>,
     /// Reserved for the audit issue; any value is rejected until it lands.
     #[serde(default)]
     pub audit: Option<IgnoredAny>,
@@ -402,6 +404,104 @@ pub struct RawRoute {
     pub authz: Option<RawPolicy>,
     /// `shadow`: authorization denials are counted and logged but the request passes.
     pub mode: Option<PolicyMode>,
+    /// Names of rate-limit policies in `rate_limits:`; every one is enforced.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
+}
+
+/// A rate-limit policy: a key, and a request rate and/or a concurrency cap per key value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// `client_ip`, `consumer`, `subject`, `api_key`, `route`, `header:NAME`, `claim:PATH`,
+    /// or a list of these (a composite key).
+    pub key: OneOrMany,
+    /// `100/s`, `1000/min`, `50000/h`, `10/30s`.
+    pub rate: Option<String>,
+    /// Concurrent requests per key value.
+    pub max_inflight: Option<u32>,
+    /// Key used when the request has no value for `key` (anonymous caller, missing header).
+    /// `client_ip` (default) or `route`, or a list of both.
+    pub fallback: Option<OneOrMany>,
+    /// What counts: every admitted request (default), or only failed authentications.
+    #[serde(default)]
+    pub count: LimitCount,
+    /// `shadow`: over-limit requests are counted and logged but pass.
+    pub mode: Option<PolicyMode>,
+    #[serde(default)]
+    pub backend: LimitBackend,
+    /// What to do when Redis cannot answer (backend redis). Default: `redis.on_error`.
+    pub on_redis_error: Option<OnRedisError>,
+    /// Send `RateLimit`/`RateLimit-Policy` on allowed responses too (always on 429s).
+    #[serde(default)]
+    pub headers: bool,
+    /// Distinct key values per window the local sketch is sized for. Default 100000.
+    pub expected_keys: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitCount {
+    #[default]
+    Requests,
+    /// Only failed authentications count; once over the limit, the key gets 429 before its
+    /// credentials are even checked (credential stuffing).
+    AuthFailures,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    /// Let the request through (availability first).
+    Allow,
+    /// Answer 503 `rate_limit_unavailable` (fail closed).
+    Deny,
+    /// Enforce the same limit with this gateway's local counters.
+    Local,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[user:password@]host:port[/db]`; a password may come from `password_env`.
+    pub url: String,
+    pub password_env: Option<String>,
+    /// Prefix of every key the gateway writes. Default `portcullis:`.
+    pub key_prefix: Option<String>,
+    /// Per-check deadline. Default 25ms.
+    pub timeout: Option<DurationStr>,
+    /// Connection attempt deadline. Default 1s.
+    pub connect_timeout: Option<DurationStr>,
+    /// Default for policies without `on_redis_error`. Default `local`.
+    pub on_error: Option<OnRedisError>,
+    /// Consecutive failures that open the circuit breaker. Default 3.
+    pub breaker_failures: Option<u32>,
+    /// How long an open breaker skips Redis before one probe is tried. Default 2s.
+    pub breaker_cooldown: Option<DurationStr>,
 }
 
 /// An authorization policy: every condition present must hold (AND); within a list, `_any`

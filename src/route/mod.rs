@@ -41,6 +41,8 @@ pub struct Route {
     pub policy: Option<Arc<crate::authz::Policy>>,
     /// Policy denials are recorded as `shadow_deny` and let through (route or policy `mode`).
     pub shadow: bool,
+    /// Rate-limit policies, all enforced, in the order listed.
+    pub rate_limits: Vec<Arc<crate::ratelimit::LimitPolicy>>,
 }
 
 impl Route {
@@ -250,6 +252,7 @@ mod tests {
             methods,
             websocket: false,
             policy: None,
+            rate_limits: Vec::new(),
             shadow: false,
         })
     }
@@ -381,6 +384,7 @@ mod tests {
             methods: ALL_METHODS,
             websocket: false,
             policy: None,
+            rate_limits: Vec::new(),
             shadow: false,
         };
         assert_eq!(rt.upstream_path("/api/v1/orders"), "/orders");
