@@ -34,6 +34,8 @@ Portcullis is running on http://127.0.0.1:8080 (admin on 127.0.0.1:9100). Try:
   curl -i --path-as-is 'http://127.0.0.1:8080/api/public/a%2fb'   # 400 invalid_path (encoded slash)
   curl -s --path-as-is 'http://127.0.0.1:8080/api/public/../../echo/x'  # routed as /echo/x; the upstream sees "target":"/x"
   head -c 2000000 /dev/zero | curl -si -X POST --data-binary @- http://127.0.0.1:8080/echo/upload   # 413 body_too_large
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:8080/api/limited; done; echo   # 200 ×5 then 429
+  curl -i http://127.0.0.1:8080/api/limited                   # 429 rate_limited, Retry-After, RateLimit headers
   curl -s http://127.0.0.1:9100/metrics | grep portcullis_requests_total
 
 Press Ctrl-C to stop.
