@@ -3,7 +3,9 @@
 #   (a) the echo upstream directly, (b) a bare Pingora proxy (examples/bare_proxy.rs, same
 #   profile/allocator/runtime settings), (c) portcullis on a public route, (d) portcullis with
 #   RS256 JWT authentication, the same token on every request (verified-token cache hits),
-#   (e) RS256 with 10,000 distinct tokens and the cache off (every request a full verification).
+#   (e) RS256 with 10,000 distinct tokens and the cache off (every request a full verification),
+#   (f) the public route with a local rate limit per client IP (never reached), (g) the same
+#   with the Redis backend (a redis-server on loopback, CPU 1), (h) every request refused 429.
 # The proxy under test is pinned to CPU 0 with one worker thread; wrk and the upstream share
 # CPU 1. Scenarios are interleaved over ROUNDS rounds. Reported per scenario: requests/s,
 # p50/p99 latency (wrk), and CPU µs per request of the measured process (utime+stime from
@@ -23,7 +25,7 @@ BARE=${CARGO_TARGET_DIR:-target}/release/examples/bare_proxy
 CLK_TCK=$(getconf CLK_TCK)
 if [[ $(nproc) -ge 2 ]]; then PROXY_CPU=0; LOAD_CPU=1; else PROXY_CPU=0; LOAD_CPU=0; fi
 
-P_UP=19001; P_BARE=19090; P_GW=19080; P_ADMIN=19100
+P_UP=19001; P_BARE=19090; P_GW=19080; P_ADMIN=19100; P_REDIS=19379
 WORK=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -49,9 +51,20 @@ authenticators:
       algorithms: [RS256]
       keys: [{ kid: bench, pem_file: "$PWD/tests/fixtures/jwt/rsa.pub.pem" }]
       token_cache: 0
+redis:
+  url: "redis://127.0.0.1:$P_REDIS/0"
+  timeout: 50ms
+  on_error: deny
+rate_limits:
+  local-ip: { key: client_ip, rate: 1000000000/h }
+  redis-ip: { key: client_ip, rate: 1000000000/h, backend: redis }
+  nothing: { key: client_ip, rate: 1/h }
 upstreams:
   echo: { targets: ["127.0.0.1:$P_UP"] }
 routes:
+  - { id: local-limit, match: { path_prefix: /local }, upstream: echo, public: true, rate_limits: [local-ip] }
+  - { id: redis-limit, match: { path_prefix: /redis }, upstream: echo, public: true, rate_limits: [redis-ip] }
+  - { id: limited, match: { path_prefix: /limited }, upstream: echo, public: true, rate_limits: [nothing] }
   - { id: jwt, match: { path_prefix: /jwt }, upstream: echo, authn: [idp] }
   - { id: jwt-nocache, match: { path_prefix: /nocache }, upstream: echo, authn: [idp-nocache] }
   - { id: bench, match: { path_prefix: / }, upstream: echo, public: true }
@@ -69,6 +82,7 @@ request = function()
 end
 LUA
 
+taskset -c $LOAD_CPU redis-server --port $P_REDIS --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 & pids+=($!); PID_REDIS=$!
 taskset -c $LOAD_CPU $BIN echo --listen 127.0.0.1:$P_UP --name bench --fixed >/dev/null 2>&1 & pids+=($!); PID_UP=$!
 taskset -c $PROXY_CPU $BARE 127.0.0.1:$P_BARE 127.0.0.1:$P_UP 1 >/dev/null 2>&1 & pids+=($!); PID_BARE=$!
 RUST_LOG=warn taskset -c $PROXY_CPU $BIN run -c "$WORK/bench.yaml" >"$WORK/gw.log" 2>&1 & pids+=($!); PID_GW=$!
@@ -76,6 +90,11 @@ RUST_LOG=warn taskset -c $PROXY_CPU $BIN run -c "$WORK/bench.yaml" >"$WORK/gw.lo
 for p in $P_UP $P_BARE $P_GW; do
   for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$p/warm" 2>/dev/null && break; sleep 0.1; done
 done
+
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$P_ADMIN/metrics" 2>/dev/null | grep -q '^portcullis_redis_connected 1' && break; sleep 0.1
+done
+curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_GW/redis/warm" | grep -q 200 || { echo "redis scenario not working" >&2; exit 1; }
 
 cpu_ticks() { awk '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
 
@@ -93,7 +112,7 @@ measure() {
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   local errs; errs=$(awk '/Non-2xx|Socket errors/' <<<"$out")
-  [[ -n "$errs" ]] && echo "WARNING $name: $errs" >&2
+  [[ -n "$errs" && "$name" != h_429_rejections ]] && echo "WARNING $name: $errs" >&2
   local cpu; cpu=$(awk -v a="$t0" -v b="$t1" -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) * 1e6 / hz / n }')
   echo "$name $rps $p50 $p99 $cpu" >>"$WORK/results"
   printf "  %-22s %10s req/s  p50 %-9s p99 %-9s %7s CPU µs/req\n" "$name" "$rps" "$p50" "$p99" "$cpu"
@@ -108,11 +127,18 @@ for r in $(seq 1 "$ROUNDS"); do
   measure "c_portcullis_public" $P_GW $PID_GW
   measure "d_jwt_rs256_cached" $P_GW $PID_GW -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$P_GW/jwt/bench/path?q=1"
   measure "e_jwt_rs256_10k_nocache" $P_GW $PID_GW -s "$WORK/tokens.lua" "http://127.0.0.1:$P_GW"
+  measure "f_local_limit" $P_GW $PID_GW "http://127.0.0.1:$P_GW/local/bench/path?q=1"
+  r0=$(cpu_ticks "$PID_REDIS")
+  measure "g_redis_limit" $P_GW $PID_GW "http://127.0.0.1:$P_GW/redis/bench/path?q=1"
+  r1=$(cpu_ticks "$PID_REDIS")
+  n=$(awk '$1=="g_redis_limit" {r=$2} END {print r}' "$WORK/results")
+  awk -v a="$r0" -v b="$r1" -v rps="$n" -v d="$DUR" -v hz="$CLK_TCK" 'BEGIN { printf "  %-22s redis-server itself: %.2f CPU µs/req\n", "", (b - a) * 1e6 / hz / (rps * d) }'
+  measure "h_429_rejections" $P_GW $PID_GW "http://127.0.0.1:$P_GW/limited/bench/path?q=1"
 done
 
 echo
 echo "median over rounds:"
-for s in a_upstream_direct b_bare_pingora c_portcullis_public d_jwt_rs256_cached e_jwt_rs256_10k_nocache; do
+for s in a_upstream_direct b_bare_pingora c_portcullis_public d_jwt_rs256_cached e_jwt_rs256_10k_nocache f_local_limit g_redis_limit h_429_rejections; do
   awk -v s="$s" '$1==s {print $5, $2}' "$WORK/results" | sort -n | awk -v s="$s" '{cpu[NR]=$1; rps[NR]=$2} END {m=int((NR+1)/2); printf "  %-22s %7s CPU µs/req  %10s req/s\n", s, cpu[m], rps[m]}'
 done | tee "$WORK/median"
 # Paired per-round ratios are more robust on a shared machine than a ratio of medians.
@@ -128,3 +154,10 @@ ratio d_jwt_rs256_cached "<= 1.15"
 awk '$1=="c_portcullis_public" {c[++nc]=$5} $1=="e_jwt_rs256_10k_nocache" {e[++ne]=$5}
   END { for (i = 1; i <= nc; i++) printf "%.1f\n", e[i] - c[i] }' "$WORK/results" | sort -n >"$WORK/extra"
 echo "  e_jwt_rs256_10k_nocache - c_portcullis_public per round (µs): $(tr '\n' ' ' <"$WORK/extra")(compare with the criterion RS256 verify cost)"
+diff_c() { # scenario: its CPU/req minus the public route's, per round
+  awk -v s="$1" '$1=="c_portcullis_public" {c[++nc]=$5} $1==s {e[++ne]=$5}
+    END { for (i = 1; i <= nc; i++) printf "%.1f\n", e[i] - c[i] }' "$WORK/results" | sort -n | tr '\n' ' '
+}
+echo "  f_local_limit - c_portcullis_public per round (µs): $(diff_c f_local_limit)"
+echo "  g_redis_limit - c_portcullis_public per round (µs): $(diff_c g_redis_limit)"
+echo "  h_429_rejections vs c_portcullis_public per round (µs): $(diff_c h_429_rejections)(negative = a refusal is cheaper than proxying)"

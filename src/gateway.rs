@@ -223,18 +223,26 @@ pub async fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reje
         return ratelimit::acquire(&route.rate_limits, &facts, &mut ctx.limits).await;
     }
     let facts = ratelimit::facts(req, ctx.client_ip, &route.id, None);
-    // A key that failed authentication too often is refused before its credentials are checked.
-    ratelimit::check_auth_failures(&route.rate_limits, &facts, &mut ctx.limits).await?;
+    // An address that failed authentication too often is refused before its credentials are
+    // checked; the attempt is reserved up front so parallel attempts cannot overshoot.
+    let reservation =
+        ratelimit::reserve_auth_attempt(&route.rate_limits, &facts, &mut ctx.limits).await?;
     let creds = auth::Credentials {
         headers: &req.headers,
         query: ctx.query.as_deref(),
         client_cert: ctx.client_cert.as_deref(),
     };
     let principal = match auth::authenticate(&route.authn, &creds, auth::time::now()).await {
-        Ok(p) => p,
+        Ok(p) => {
+            ratelimit::auth_succeeded(reservation);
+            p
+        }
         Err((reason, challenge)) => {
-            if reason != auth::AuthError::KeysUnavailable {
-                ratelimit::count_auth_failure(&route.rate_limits, &facts).await;
+            if reason == auth::AuthError::KeysUnavailable {
+                // Not the caller's failure.
+                ratelimit::auth_succeeded(reservation);
+            } else {
+                ratelimit::auth_failed(reservation, &route.id, &route.rate_limits);
             }
             return Err(Reject::Unauthenticated { reason, challenge });
         }

@@ -156,6 +156,30 @@ fn every_policy_of_a_route_is_enforced_and_proxies_are_walked_correctly() {
     assert_eq!(from_ip(&gw, "/r", "10.0.0.3").status, 429);
 }
 
+#[test]
+fn ipv6_clients_are_bucketed_per_64_prefix() {
+    let e = Echo::start("e");
+    let gw = Gateway::start(
+        TRUST_LOCAL,
+        &body(
+            &e,
+            "  per-ip: { key: client_ip, rate: 2/min }",
+            "  - { id: r, match: { path_prefix: /r }, upstream: e, public: true, rate_limits: [per-ip] }",
+        ),
+    );
+    // One host rotating through its /64 stays in one bucket; another /64 is another client.
+    let same: Vec<u16> = [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::ffff",
+        "2001:db8:1:2:abcd::9",
+    ]
+    .iter()
+    .map(|ip| from_ip(&gw, "/r", ip).status)
+    .collect();
+    assert_eq!(same, [200, 200, 429]);
+    assert_eq!(from_ip(&gw, "/r", "2001:db8:1:3::1").status, 200);
+}
+
 /// A request one policy admitted and a later one refused costs the first nothing.
 #[test]
 fn a_refused_request_is_taken_back_from_earlier_policies() {
@@ -386,7 +410,7 @@ fn two_gateways_share_one_redis_limit_and_it_survives_a_restart() {
     let _g = heavy();
     let e = Echo::start("e");
     let redis = RedisServer::start();
-    let limits = "  shared: { key: route, rate: 100/min, backend: redis, on_redis_error: deny }";
+    let limits = "  shared: { key: route, rate: 100/h, backend: redis, on_redis_error: deny }";
     let routes = "  - { id: r, match: { path_prefix: /r }, upstream: e, public: true, rate_limits: [shared] }";
     let extra = "  timeout: 250ms";
     let g1 = redis_gateway(&e, &redis, extra, limits, routes);
@@ -422,6 +446,49 @@ fn two_gateways_share_one_redis_limit_and_it_survives_a_restart() {
     let g3 = redis_gateway(&e, &redis, extra, limits, routes);
     assert_eq!(g3.get("/r").status, 429);
     assert!(g3.metric("portcullis_redis_duration_seconds_count") >= 1.0);
+}
+
+#[test]
+fn leases_cut_redis_round_trips_and_never_over_admit() {
+    let _g = heavy();
+    let e = Echo::start("e");
+    let redis = RedisServer::start();
+    let limits =
+        "  leased: { key: route, rate: 100/h, backend: redis, on_redis_error: deny, lease: 10 }";
+    let routes = "  - { id: r, match: { path_prefix: /r }, upstream: e, public: true, rate_limits: [leased] }";
+    let extra = "  timeout: 250ms";
+    let g1 = redis_gateway(&e, &redis, extra, limits, routes);
+    let g2 = redis_gateway(&e, &redis, extra, limits, routes);
+    let addrs = [g1.addr, g2.addr];
+    let threads: Vec<_> = (0..10)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (0..30)
+                    .map(|i| get(addrs[(t + i) % 2], "/r").status)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let all: Vec<u16> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let ok = all.iter().filter(|&&s| s == 200).count();
+    assert_eq!(
+        ok + all.iter().filter(|&&s| s == 429).count(),
+        300,
+        "{all:?}"
+    );
+    // Never looser; stricter by at most gateways × (lease − 1) = 18. (An hour window: Redis
+    // windows are aligned to the server clock, and leases end with their window.)
+    assert!(
+        (82..=100).contains(&ok),
+        "{ok} admitted for a limit of 100 with leases of 10"
+    );
+    let trips = g1.metric("portcullis_redis_duration_seconds_count")
+        + g2.metric("portcullis_redis_duration_seconds_count");
+    eprintln!("leases of 10: {ok} of 300 admitted, {trips} Redis round trips");
+    assert!(trips < 100.0, "{trips} round trips for 300 requests");
 }
 
 fn timed(addr: std::net::SocketAddr, path: &str) -> (u16, Duration) {
@@ -516,7 +583,19 @@ fn redis_hanging_or_killed_mid_run_follows_on_redis_error_without_adding_latency
 #[test]
 fn bad_rate_limit_config_is_refused_with_its_yaml_path() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str); 7] = [
+    let cases: [(&str, &str); 10] = [
+        (
+            "rate_limits:\n  x: { key: \"header:x-user\", rate: 1/s, count: auth_failures }\n",
+            "rate_limits.x.key: count: auth_failures cannot key on header",
+        ),
+        (
+            "rate_limits:\n  x: { key: \"header:authorization\", rate: 1/s }\n",
+            "rate_limits.x.key: header \"authorization\" is not a usable key",
+        ),
+        (
+            "rate_limits:\n  x: { key: client_ip, rate: 1/s, lease: 5 }\n",
+            "rate_limits.x.lease: only used with backend: redis",
+        ),
         (
             "rate_limits:\n  x: { key: ip, rate: 1/s }\n",
             "rate_limits.x.key: unknown key \"ip\"",

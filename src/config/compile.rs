@@ -1072,6 +1072,20 @@ fn routes(
                     cx.err(lpath, format!("rate limit {name:?} listed twice"))
                 }
                 Some(l) => {
+                    let api_keys = authn
+                        .iter()
+                        .any(|a| matches!(**a, Authenticator::ApiKey(_)));
+                    if !r.public
+                        && !api_keys
+                        && l.key
+                            .iter()
+                            .any(|k| matches!(k, KeyPart::Consumer | KeyPart::ApiKey))
+                    {
+                        cx.warn(
+                            &lpath,
+                            format!("policy {name:?} keys on consumer or api_key, which only API-key authenticators provide: callers of this route use its fallback key"),
+                        );
+                    }
                     if r.public && l.key.iter().any(KeyPart::needs_principal) {
                         cx.warn(
                             &lpath,

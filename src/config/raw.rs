@@ -435,6 +435,12 @@ pub struct RawRateLimit {
     /// Send `RateLimit`/`RateLimit-Policy` on allowed responses too (always on 429s).
     #[serde(default)]
     pub headers: bool,
+    /// IPv6 client addresses share a bucket per prefix of this many bits. Default 64 (one
+    /// host usually holds a whole /64); 128 buckets each address.
+    pub ipv6_prefix: Option<u8>,
+    /// Redis only: take this many units per round trip and spend them locally (stricter by at
+    /// most `gateways × (lease − 1)` per window, never looser).
+    pub lease: Option<u32>,
     /// Distinct key values per window the local sketch is sized for. Default 100000.
     pub expected_keys: Option<u64>,
 }

@@ -17,6 +17,7 @@
 //! `previous × (1 − elapsed fraction) + current` — so a burst at a window edge cannot pass
 //! twice the limit.
 
+pub mod lease;
 pub mod local;
 pub mod redis;
 
@@ -157,6 +158,8 @@ pub enum RateBackend {
         on_error: OnRedisError,
         /// Used while Redis cannot answer and `on_error` is `local`.
         fallback: Arc<local::LocalCounters>,
+        /// `lease: N`: units taken from Redis N at a time and spent locally.
+        lease: Option<Arc<lease::LeaseTable>>,
     },
 }
 
@@ -175,6 +178,8 @@ pub struct LimitPolicy {
     pub headers: bool,
     /// `RateLimit-Policy` item for this policy, precomputed.
     pub policy_item: String,
+    /// IPv6 client addresses are bucketed per prefix of this length (default 64).
+    pub ipv6_prefix: u8,
 }
 
 /// Request facts a key is built from.
@@ -185,38 +190,65 @@ pub struct KeyFacts<'a> {
     pub principal: Option<&'a Principal>,
 }
 
-fn push_part(out: &mut Vec<u8>, part: &KeyPart, f: &KeyFacts<'_>) -> bool {
+/// Append one value, length-prefixed so that no two different value lists encode alike.
+fn push_value(out: &mut Vec<u8>, v: &[u8]) {
+    out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    out.extend_from_slice(v);
+}
+
+/// The bucket address of a client: IPv4 as is, IPv6 masked to `v6_prefix` bits, because one
+/// IPv6 host usually holds a whole /64 and could otherwise rotate into fresh buckets.
+fn client_ip_value(ip: IpAddr, v6_prefix: u8) -> String {
+    match crate::clientip::canonical(&ip) {
+        IpAddr::V6(v6) if v6_prefix < 128 => {
+            let mask = if v6_prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(v6_prefix))
+            };
+            format!(
+                "{}/{v6_prefix}",
+                std::net::Ipv6Addr::from(u128::from(v6) & mask)
+            )
+        }
+        other => crate::gateway::ip_text(&other),
+    }
+}
+
+fn push_part(out: &mut Vec<u8>, part: &KeyPart, f: &KeyFacts<'_>, v6_prefix: u8) -> bool {
     out.push(part.tag());
     let p = f.principal;
     match part {
         KeyPart::ClientIp => match f.client_ip {
-            Some(ip) => out.extend_from_slice(crate::gateway::ip_text(&ip).as_bytes()),
+            Some(ip) => out.extend_from_slice(client_ip_value(ip, v6_prefix).as_bytes()),
             // Only unix-socket peers have no address: they share one bucket, never none.
             None => out.extend_from_slice(b"unknown"),
         },
         KeyPart::Route => out.extend_from_slice(f.route.as_bytes()),
-        KeyPart::Consumer => match p.and_then(|p| p.consumer.as_deref()) {
-            Some(c) => out.extend_from_slice(c.as_bytes()),
+        KeyPart::Consumer => match p.and_then(|p| p.consumer.as_deref().map(|c| (p, c))) {
+            Some((p, c)) => {
+                // Qualified like `subject`: two authenticators may both have a consumer "acme".
+                push_value(out, p.authenticator.as_bytes());
+                push_value(out, c.as_bytes());
+            }
             None => return false,
         },
         KeyPart::Subject => match p {
             Some(p) => {
-                out.extend_from_slice(p.authenticator.as_bytes());
-                out.push(0);
-                out.extend_from_slice(p.subject.as_bytes());
+                push_value(out, p.authenticator.as_bytes());
+                push_value(out, p.subject.as_bytes());
             }
             None => return false,
         },
         KeyPart::ApiKey => match p.and_then(|p| p.key_id.as_deref()) {
             Some(k) if p.is_some_and(|p| p.method == crate::auth::AuthMethod::ApiKey) => {
-                out.extend_from_slice(p.map_or("", |p| &p.authenticator).as_bytes());
-                out.push(0);
-                out.extend_from_slice(k.as_bytes());
+                push_value(out, p.map_or("", |p| &p.authenticator).as_bytes());
+                push_value(out, k.as_bytes());
             }
             _ => return false,
         },
         KeyPart::Header(name) => match f.headers.get(name) {
-            Some(v) if !v.is_empty() => out.extend_from_slice(v.as_bytes()),
+            Some(v) if !v.is_empty() => push_value(out, v.as_bytes()),
             _ => return false,
         },
         KeyPart::Claim(path) => {
@@ -228,11 +260,8 @@ fn push_part(out: &mut Vec<u8>, part: &KeyPart, f: &KeyFacts<'_>) -> bool {
             });
             match values {
                 Some(v) if !v.is_empty() => {
-                    for (i, s) in v.iter().enumerate() {
-                        if i > 0 {
-                            out.push(0);
-                        }
-                        out.extend_from_slice(s.as_bytes());
+                    for s in v.iter() {
+                        push_value(out, s.as_bytes());
                     }
                 }
                 _ => return false,
@@ -247,14 +276,18 @@ impl LimitPolicy {
     /// The key value for this request and whether the fallback key was used.
     pub fn key_for(&self, f: &KeyFacts<'_>) -> (Vec<u8>, bool) {
         let mut out = Vec::with_capacity(48);
-        if self.key.iter().all(|p| push_part(&mut out, p, f)) {
+        if self
+            .key
+            .iter()
+            .all(|p| push_part(&mut out, p, f, self.ipv6_prefix))
+        {
             return (out, false);
         }
         out.clear();
         // A distinct namespace: anonymous callers never share a bucket with a consumer.
         out.push(0xff);
         for p in &self.fallback {
-            push_part(&mut out, p, f);
+            push_part(&mut out, p, f, self.ipv6_prefix);
         }
         (out, true)
     }
@@ -301,6 +334,7 @@ pub enum LimitKind {
 enum Taken {
     Local(Arc<local::LocalCounters>, Vec<u8>),
     Redis(Arc<redis::RedisBackend>, String, i64),
+    Lease(Arc<lease::Lease>),
 }
 
 fn undo(taken: Vec<Taken>) {
@@ -308,6 +342,7 @@ fn undo(taken: Vec<Taken>) {
         match t {
             Taken::Local(c, key) => c.release(&key),
             Taken::Redis(b, key, idx) => b.release(key, idx),
+            Taken::Lease(l) => l.give_back(),
         }
     }
 }
@@ -332,14 +367,47 @@ async fn check_rate(
             backend,
             on_error,
             fallback,
+            lease,
         } => {
+            let mut want = 1;
+            let mut hash = 0;
+            if let Some(table) = lease {
+                hash = table.hash(key);
+                match table.take(hash) {
+                    lease::Local::Taken(l) => {
+                        return Verdict::Allowed(l.counts(), Some(Taken::Lease(l)));
+                    }
+                    lease::Local::Refused(counts) => return Verdict::Limited(counts),
+                    lease::Local::Ask => want = table.size,
+                }
+            }
             let rkey = backend.key(&policy.name, key);
-            match backend.check(&rkey, w, redis::Mode::Acquire).await {
-                Ok(a) if a.admitted => Verdict::Allowed(
-                    a.counts,
-                    Some(Taken::Redis(backend.clone(), rkey, a.window_index)),
-                ),
-                Ok(a) => Verdict::Limited(a.counts),
+            match backend.check(&rkey, w, redis::Mode::Acquire(want)).await {
+                Ok(a) if a.admitted => {
+                    let left = Duration::from_millis(a.window_left_ms);
+                    let taken = match lease {
+                        Some(table) => {
+                            let l = table.store_grant(hash, a.granted, left, a.counts);
+                            Taken::Lease(l)
+                        }
+                        None => Taken::Redis(backend.clone(), rkey, a.window_index),
+                    };
+                    let counts = match &taken {
+                        Taken::Lease(l) => l.counts(),
+                        _ => a.counts,
+                    };
+                    Verdict::Allowed(counts, Some(taken))
+                }
+                Ok(a) => {
+                    if let Some(table) = lease {
+                        table.store_refusal(
+                            hash,
+                            Duration::from_millis(a.window_left_ms),
+                            a.counts,
+                        );
+                    }
+                    Verdict::Limited(a.counts)
+                }
                 Err(_) => {
                     crate::metrics::ratelimit_redis_fallback(
                         &policy.name,
@@ -393,8 +461,55 @@ pub async fn acquire(
     facts: &KeyFacts<'_>,
     state: &mut RequestLimits,
 ) -> Result<(), Reject> {
+    charge(policies, LimitCount::Requests, facts, state)
+        .await
+        .map(drop)
+}
+
+/// Units of `count: auth_failures` policies held while the credentials are checked.
+#[must_use]
+pub struct Reservation(Vec<Taken>);
+
+/// Before authentication: take one unit of every `auth_failures` policy, as if the attempt
+/// were going to fail. Reserving first (rather than checking, then counting failures after)
+/// means concurrent attempts cannot all slip past the check: at most `limit` credential checks
+/// per window per key, however many arrive at once. A key over the limit gets 429 without its
+/// credentials being checked.
+pub async fn reserve_auth_attempt(
+    policies: &[Arc<LimitPolicy>],
+    facts: &KeyFacts<'_>,
+    state: &mut RequestLimits,
+) -> Result<Reservation, Reject> {
+    charge(policies, LimitCount::AuthFailures, facts, state)
+        .await
+        .map(Reservation)
+}
+
+/// Authentication succeeded: the attempt does not count, give the units back.
+pub fn auth_succeeded(r: Reservation) {
+    undo(r.0);
+}
+
+/// Authentication failed: the units stay counted.
+pub fn auth_failed(r: Reservation, route: &str, policies: &[Arc<LimitPolicy>]) {
+    if !r.0.is_empty() {
+        for p in policies
+            .iter()
+            .filter(|p| p.count == LimitCount::AuthFailures)
+        {
+            crate::metrics::ratelimit_decision(route, &p.name, "auth_failure_counted");
+        }
+    }
+}
+
+async fn charge(
+    policies: &[Arc<LimitPolicy>],
+    count: LimitCount,
+    facts: &KeyFacts<'_>,
+    state: &mut RequestLimits,
+) -> Result<Vec<Taken>, Reject> {
     let mut taken = Vec::new();
-    for p in policies.iter().filter(|p| p.count == LimitCount::Requests) {
+    for p in policies.iter().filter(|p| p.count == count) {
         let (key, fell_back) = p.key_for(facts);
         if fell_back {
             crate::metrics::ratelimit_key_fallback(&p.name);
@@ -435,7 +550,10 @@ pub async fn acquire(
             }
         }
         match refusal {
-            None => crate::metrics::ratelimit_decision(facts.route, &p.name, "allowed"),
+            None if count == LimitCount::Requests => {
+                crate::metrics::ratelimit_decision(facts.route, &p.name, "allowed")
+            }
+            None => {}
             Some(_) if p.shadow => {
                 crate::metrics::ratelimit_decision(facts.route, &p.name, "shadow_limited");
                 state.shadow_limited.get_or_insert_with(|| p.name.clone());
@@ -449,95 +567,7 @@ pub async fn acquire(
             }
         }
     }
-    Ok(())
-}
-
-/// Before authentication: refuse a key that is over an `auth_failures` policy's limit.
-pub async fn check_auth_failures(
-    policies: &[Arc<LimitPolicy>],
-    facts: &KeyFacts<'_>,
-    state: &mut RequestLimits,
-) -> Result<(), Reject> {
-    for p in policies
-        .iter()
-        .filter(|p| p.count == LimitCount::AuthFailures)
-    {
-        let Some((w, backend)) = &p.rate else {
-            continue;
-        };
-        let (key, _) = p.key_for(facts);
-        let counts = match backend {
-            RateBackend::Local(c) => Some(c.peek(&key)),
-            RateBackend::Redis {
-                backend,
-                on_error,
-                fallback,
-            } => match backend
-                .check(&backend.key(&p.name, &key), w, redis::Mode::Peek)
-                .await
-            {
-                Ok(a) => Some(a.counts),
-                Err(_) => {
-                    crate::metrics::ratelimit_redis_fallback(&p.name, on_error_label(*on_error));
-                    match on_error {
-                        OnRedisError::Allow => None,
-                        OnRedisError::Deny => {
-                            crate::metrics::ratelimit_decision(facts.route, &p.name, "limited");
-                            state.limited = Some(p.name.clone());
-                            return Err(limited(p, LimitKind::Unavailable, 1, None));
-                        }
-                        OnRedisError::Local => Some(fallback.peek(&key)),
-                    }
-                }
-            },
-        };
-        let Some(counts) = counts else { continue };
-        if w.weighted(&counts) >= w.limit as f64 {
-            if p.shadow {
-                crate::metrics::ratelimit_decision(facts.route, &p.name, "shadow_limited");
-                state.shadow_limited.get_or_insert_with(|| p.name.clone());
-                continue;
-            }
-            crate::metrics::ratelimit_decision(facts.route, &p.name, "limited");
-            state.limited = Some(p.name.clone());
-            let item = p.rate_item(w, &counts, true);
-            return Err(limited(
-                p,
-                LimitKind::Rate,
-                w.retry_after(&counts),
-                Some(item),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// After a failed authentication: charge every `auth_failures` policy of the route.
-pub async fn count_auth_failure(policies: &[Arc<LimitPolicy>], facts: &KeyFacts<'_>) {
-    for p in policies
-        .iter()
-        .filter(|p| p.count == LimitCount::AuthFailures)
-    {
-        let Some((w, backend)) = &p.rate else {
-            continue;
-        };
-        let (key, _) = p.key_for(facts);
-        match backend {
-            RateBackend::Local(c) => c.add(&key),
-            RateBackend::Redis {
-                backend, fallback, ..
-            } => {
-                if backend
-                    .check(&backend.key(&p.name, &key), w, redis::Mode::Add)
-                    .await
-                    .is_err()
-                {
-                    fallback.add(&key);
-                }
-            }
-        }
-        crate::metrics::ratelimit_decision(facts.route, &p.name, "auth_failure_counted");
-    }
+    Ok(taken)
 }
 
 /// `response_filter`: `RateLimit-Policy` and `RateLimit` on allowed responses of policies
@@ -645,6 +675,7 @@ mod tests {
             shadow: false,
             headers: false,
             policy_item: String::new(),
+            ipv6_prefix: 64,
         };
         let headers = http::HeaderMap::new();
         let f = KeyFacts {
@@ -657,5 +688,18 @@ mod tests {
         assert!(fb);
         assert_eq!(k[0], 0xff);
         assert!(k.ends_with(b"10.0.0.1\x1f"));
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_ip_value(a, 64), client_ip_value(b, 64));
+        assert_ne!(client_ip_value(a, 64), client_ip_value(c, 64));
+        assert_eq!(client_ip_value(a, 64), "2001:db8:1:2::/64");
+        assert_ne!(client_ip_value(a, 128), client_ip_value(b, 128));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip_value(mapped, 64), "10.0.0.1");
     }
 }

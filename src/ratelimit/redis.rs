@@ -28,9 +28,12 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// KEYS[1] = key base; ARGV = interval ms, limit, mode (`acquire` | `peek` | `add`).
-/// Returns {admitted 0|1, current count (after an admitted add), previous count, ms into window, window index}.
+/// KEYS[1] = key base; ARGV = interval ms, limit, mode (`acquire` | `peek` | `add`), and for
+/// `acquire` how many units to take at most (1, or a lease size). Returns {units granted (peek:
+/// 1 = under the limit), current count (after the grant), previous count, ms into window,
+/// window index}. A grant is the most that fits: min(wanted, floor(limit − weighted)).
 const SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local interval = tonumber(ARGV[1])
@@ -43,10 +46,12 @@ local curr = tonumber(redis.call('GET', ck) or '0')
 local weighted = prev * (interval - elapsed) / interval + curr
 local ok = 1
 if ARGV[3] == 'acquire' then
-  if weighted + 1 > limit then
+  local room = math.floor(limit - weighted)
+  if room < 1 then
     ok = 0
   else
-    curr = redis.call('INCR', ck)
+    ok = math.min(tonumber(ARGV[4]), room)
+    curr = redis.call('INCRBY', ck, ok)
     redis.call('PEXPIRE', ck, interval * 2 + 1000)
   end
 elseif ARGV[3] == 'peek' then
@@ -83,7 +88,8 @@ impl RedisError {
 
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
-    Acquire,
+    /// Take up to this many units (1 per request; more for a lease).
+    Acquire(u32),
     Peek,
     Add,
 }
@@ -91,7 +97,7 @@ pub enum Mode {
 impl Mode {
     fn arg(self) -> &'static str {
         match self {
-            Mode::Acquire => "acquire",
+            Mode::Acquire(_) => "acquire",
             Mode::Peek => "peek",
             Mode::Add => "add",
         }
@@ -102,12 +108,23 @@ impl Mode {
 #[derive(Debug, Clone, Copy)]
 pub struct Answer {
     pub admitted: bool,
+    /// Units granted (`Acquire`).
+    pub granted: u32,
+    /// Milliseconds left in the window the units were counted in.
+    pub window_left_ms: u64,
     pub counts: WindowCounts,
     /// Window the request was counted in (to take it back if a later policy refuses).
     pub window_index: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Take back one unit without resurrecting an expired key (a bare DECR would create it at −1
+/// with no TTL).
+const UNDO: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return 0
+";
+
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     pub url: String,
     pub password: Option<String>,
@@ -116,6 +133,17 @@ pub struct RedisSettings {
     pub connect_timeout: Duration,
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Opens after `threshold` consecutive failures; after `cooldown` lets exactly one probe
@@ -260,9 +288,14 @@ impl RedisBackend {
         let mut conn = (*conn).clone();
         let start = Instant::now();
         let mut inv = self.script.key(key);
+        let want = match mode {
+            Mode::Acquire(n) => n.max(1),
+            _ => 1,
+        };
         inv.arg(w.interval.as_millis() as u64)
             .arg(w.limit)
-            .arg(mode.arg());
+            .arg(mode.arg())
+            .arg(want);
         let call = inv.invoke_async::<(i64, i64, i64, i64, i64)>(&mut conn);
         match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok((ok, curr, prev, elapsed, idx))) => {
@@ -270,7 +303,9 @@ impl RedisBackend {
                 crate::metrics::redis_duration(start.elapsed().as_secs_f64());
                 let interval_ms = (w.interval.as_millis() as f64).max(1.0);
                 Ok(Answer {
-                    admitted: ok == 1,
+                    admitted: ok >= 1,
+                    granted: u32::try_from(ok.max(0)).unwrap_or(0),
+                    window_left_ms: (interval_ms as i64 - elapsed).max(0) as u64,
                     counts: WindowCounts {
                         prev: prev.max(0) as u64,
                         curr: curr.max(0) as u64,
@@ -303,13 +338,14 @@ impl RedisBackend {
         let timeout = self.settings.timeout;
         tokio::spawn(async move {
             let mut conn = (*conn).clone();
-            let mut cmd = redis::cmd("DECR");
-            cmd.arg(format!("{key}:{window_index}"));
-            let _ = tokio::time::timeout(timeout, cmd.query_async::<i64>(&mut conn)).await;
+            let script = redis::Script::new(UNDO);
+            let inv = script.key(format!("{key}:{window_index}"));
+            let _ = tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut conn)).await;
         });
     }
 
-    async fn connect(&self) {
+    /// Connect if not connected (the background connector calls this; so do the benches).
+    pub async fn connect(&self) {
         if self.connected() || self.connecting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -356,7 +392,18 @@ fn registry() -> &'static Registry {
 
 /// The backend for these settings: the live one if a snapshot already uses identical settings.
 pub fn backend(settings: RedisSettings) -> Arc<RedisBackend> {
-    let id = format!("{settings:?}");
+    // Every field (the password too: a changed password needs a new connection), never logged.
+    let s = &settings;
+    let id = format!(
+        "{}|{:?}|{}|{:?}|{:?}|{}|{:?}",
+        s.url,
+        s.password,
+        s.key_prefix,
+        s.timeout,
+        s.connect_timeout,
+        s.breaker_failures,
+        s.breaker_cooldown
+    );
     let mut map = registry().lock().unwrap_or_else(|p| p.into_inner());
     map.retain(|_, w| w.strong_count() > 0);
     if let Some(b) = map.get(&id).and_then(Weak::upgrade) {

@@ -99,6 +99,15 @@ pub(super) fn redis_backend(
         ok = false;
     }
     let connect_timeout = r.connect_timeout.map_or(Duration::from_secs(1), |d| d.0);
+    if connect_timeout < Duration::from_millis(10) || connect_timeout > Duration::from_secs(30) {
+        cx.err("redis.connect_timeout", "must be between 10ms and 30s");
+        ok = false;
+    }
+    let cooldown = r.breaker_cooldown.map_or(Duration::from_secs(2), |d| d.0);
+    if cooldown < Duration::from_millis(100) || cooldown > Duration::from_secs(300) {
+        cx.err("redis.breaker_cooldown", "must be between 100ms and 5m");
+        ok = false;
+    }
     let breaker_failures = r.breaker_failures.unwrap_or(3);
     if breaker_failures == 0 {
         cx.err("redis.breaker_failures", "must be at least 1");
@@ -125,7 +134,7 @@ pub(super) fn redis_backend(
         timeout,
         connect_timeout,
         breaker_failures,
-        breaker_cooldown: r.breaker_cooldown.map_or(Duration::from_secs(2), |d| d.0),
+        breaker_cooldown: cooldown,
     }))
 }
 
@@ -256,6 +265,47 @@ fn rate_limit(
             "backend: redis applies to rate; max_inflight is always local",
         );
     }
+    if l.ipv6_prefix.is_some_and(|n| !(32..=128).contains(&n)) {
+        cx.err(format!("{path}.ipv6_prefix"), "must be between 32 and 128");
+    }
+    if let Some(parts) = &key {
+        for k in parts {
+            if let KeyPart::Header(h) = k {
+                if l.count == LimitCount::AuthFailures {
+                    cx.err(format!("{path}.key"), format!("count: auth_failures cannot key on header {h:?}: the client chooses its value and would get a fresh bucket per attempt"));
+                } else if matches!(
+                    h.as_str(),
+                    "authorization"
+                        | "cookie"
+                        | "host"
+                        | "x-forwarded-for"
+                        | "forwarded"
+                        | "x-real-ip"
+                        | "user-agent"
+                ) {
+                    cx.err(format!("{path}.key"), format!("header {h:?} is not a usable key (clients vary it freely or it is normalised elsewhere); use client_ip, consumer, subject or api_key"));
+                } else {
+                    cx.warn(format!("{path}.key"), format!("header {h:?} is client-controlled unless your own edge sets it: a client can rotate it for fresh buckets"));
+                }
+            }
+        }
+    }
+    if let Some(n) = l.lease {
+        if l.backend != LimitBackend::Redis {
+            cx.err(format!("{path}.lease"), "only used with backend: redis");
+        } else if n < 2 || window.is_some_and(|w| u64::from(n) > w.limit) || n > 10_000 {
+            cx.err(
+                format!("{path}.lease"),
+                "must be between 2 and the rate's count (at most 10000)",
+            );
+        }
+        if l.count == LimitCount::AuthFailures {
+            cx.err(
+                format!("{path}.lease"),
+                "not used with count: auth_failures",
+            );
+        }
+    }
     if cx.issues.len() != before {
         return None;
     }
@@ -283,10 +333,23 @@ fn rate_limit(
                         .on_redis_error
                         .or(raw.redis.as_ref().and_then(|r| r.on_error))
                         .unwrap_or(OnRedisError::Local);
+                    // Local counters only when the policy falls back to them: 16 MiB by default.
+                    let fallback_slots = if on_error == OnRedisError::Local {
+                        slots
+                    } else {
+                        1024
+                    };
                     RateBackend::Redis {
                         backend,
                         on_error,
-                        fallback: ratelimit::local::counters(id(&w, "redis-fallback"), w, slots),
+                        fallback: ratelimit::local::counters(
+                            id(&w, &format!("redis-fallback-{fallback_slots}")),
+                            w,
+                            fallback_slots,
+                        ),
+                        lease: l.lease.map(|n| {
+                            Arc::new(ratelimit::lease::LeaseTable::new(n, expected as usize))
+                        }),
                     }
                 }
             };
@@ -309,5 +372,6 @@ fn rate_limit(
         shadow: l.mode == Some(PolicyMode::Shadow),
         headers: l.headers,
         policy_item,
+        ipv6_prefix: l.ipv6_prefix.unwrap_or(64),
     })
 }
