@@ -5,7 +5,8 @@
 #   RS256 JWT authentication, the same token on every request (verified-token cache hits),
 #   (e) RS256 with 10,000 distinct tokens and the cache off (every request a full verification),
 #   (f) the public route with a local rate limit per client IP (never reached), (g) the same
-#   with the Redis backend (a redis-server on loopback, CPU 1), (h) every request refused 429.
+#   with the Redis backend (a redis-server on loopback, CPU 1), (g2) Redis with `lease: 100`,
+#   (h) every request refused 429.
 # The proxy under test is pinned to CPU 0 with one worker thread; wrk and the upstream share
 # CPU 1. Scenarios are interleaved over ROUNDS rounds. Reported per scenario: requests/s,
 # p50/p99 latency (wrk), and CPU µs per request of the measured process (utime+stime from
@@ -58,12 +59,14 @@ redis:
 rate_limits:
   local-ip: { key: client_ip, rate: 1000000000/h }
   redis-ip: { key: client_ip, rate: 1000000000/h, backend: redis }
+  redis-lease: { key: client_ip, rate: 1000000000/h, backend: redis, lease: 100 }
   nothing: { key: client_ip, rate: 1/h }
 upstreams:
   echo: { targets: ["127.0.0.1:$P_UP"] }
 routes:
   - { id: local-limit, match: { path_prefix: /local }, upstream: echo, public: true, rate_limits: [local-ip] }
   - { id: redis-limit, match: { path_prefix: /redis }, upstream: echo, public: true, rate_limits: [redis-ip] }
+  - { id: redis-lease, match: { path_prefix: /lease }, upstream: echo, public: true, rate_limits: [redis-lease] }
   - { id: limited, match: { path_prefix: /limited }, upstream: echo, public: true, rate_limits: [nothing] }
   - { id: jwt, match: { path_prefix: /jwt }, upstream: echo, authn: [idp] }
   - { id: jwt-nocache, match: { path_prefix: /nocache }, upstream: echo, authn: [idp-nocache] }
@@ -133,12 +136,13 @@ for r in $(seq 1 "$ROUNDS"); do
   r1=$(cpu_ticks "$PID_REDIS")
   n=$(awk '$1=="g_redis_limit" {r=$2} END {print r}' "$WORK/results")
   awk -v a="$r0" -v b="$r1" -v rps="$n" -v d="$DUR" -v hz="$CLK_TCK" 'BEGIN { printf "  %-22s redis-server itself: %.2f CPU µs/req\n", "", (b - a) * 1e6 / hz / (rps * d) }'
+  measure "g2_redis_lease_100" $P_GW $PID_GW "http://127.0.0.1:$P_GW/lease/bench/path?q=1"
   measure "h_429_rejections" $P_GW $PID_GW "http://127.0.0.1:$P_GW/limited/bench/path?q=1"
 done
 
 echo
 echo "median over rounds:"
-for s in a_upstream_direct b_bare_pingora c_portcullis_public d_jwt_rs256_cached e_jwt_rs256_10k_nocache f_local_limit g_redis_limit h_429_rejections; do
+for s in a_upstream_direct b_bare_pingora c_portcullis_public d_jwt_rs256_cached e_jwt_rs256_10k_nocache f_local_limit g_redis_limit g2_redis_lease_100 h_429_rejections; do
   awk -v s="$s" '$1==s {print $5, $2}' "$WORK/results" | sort -n | awk -v s="$s" '{cpu[NR]=$1; rps[NR]=$2} END {m=int((NR+1)/2); printf "  %-22s %7s CPU µs/req  %10s req/s\n", s, cpu[m], rps[m]}'
 done | tee "$WORK/median"
 # Paired per-round ratios are more robust on a shared machine than a ratio of medians.
@@ -160,4 +164,5 @@ diff_c() { # scenario: its CPU/req minus the public route's, per round
 }
 echo "  f_local_limit - c_portcullis_public per round (µs): $(diff_c f_local_limit)"
 echo "  g_redis_limit - c_portcullis_public per round (µs): $(diff_c g_redis_limit)"
+echo "  g2_redis_lease_100 - c_portcullis_public per round (µs): $(diff_c g2_redis_lease_100)"
 echo "  h_429_rejections vs c_portcullis_public per round (µs): $(diff_c h_429_rejections)(negative = a refusal is cheaper than proxying)"

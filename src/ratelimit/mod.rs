@@ -509,7 +509,20 @@ async fn charge(
     state: &mut RequestLimits,
 ) -> Result<Vec<Taken>, Reject> {
     let mut taken = Vec::new();
-    for p in policies.iter().filter(|p| p.count == count) {
+    // Redis-backed policies first: a local count is then never held across a network wait,
+    // so its undo cannot land in a newer window than the one it was counted in.
+    let remote = |p: &&Arc<LimitPolicy>| matches!(p.rate, Some((_, RateBackend::Redis { .. })));
+    let ordered = policies
+        .iter()
+        .filter(|p| p.count == count)
+        .filter(remote)
+        .chain(
+            policies
+                .iter()
+                .filter(|p| p.count == count)
+                .filter(|p| !remote(p)),
+        );
+    for p in ordered {
         let (key, fell_back) = p.key_for(facts);
         if fell_back {
             crate::metrics::ratelimit_key_fallback(&p.name);
