@@ -124,6 +124,29 @@ fn sequential_requests_get_exactly_the_limit_then_429_with_headers() {
 }
 
 #[test]
+fn a_new_window_admits_again_and_a_stale_one_is_forgotten() {
+    let e = Echo::start("e");
+    let gw = Gateway::start(
+        "",
+        &body(
+            &e,
+            "  per-ip: { key: client_ip, rate: 3/s }",
+            "  - { id: r, match: { path_prefix: /r }, upstream: e, public: true, rate_limits: [per-ip] }",
+        ),
+    );
+    let burst = || (0..4).map(|_| gw.get("/r").status).collect::<Vec<u16>>();
+    assert_eq!(burst(), [200, 200, 200, 429]);
+    let retry: u64 = gw.get("/r").header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=2).contains(&retry),
+        "Retry-After {retry} for a 1 s window"
+    );
+    // Two windows later the previous window no longer weighs: the full limit again.
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(burst(), [200, 200, 200, 429]);
+}
+
+#[test]
 fn fifty_concurrent_clients_never_pass_more_than_the_limit() {
     let _g = heavy();
     let e = Echo::start("e");

@@ -509,6 +509,9 @@ async fn charge(
     state: &mut RequestLimits,
 ) -> Result<Vec<Taken>, Reject> {
     let mut taken = Vec::new();
+    if policies.is_empty() {
+        return Ok(taken);
+    }
     // Redis-backed policies first: a local count is then never held across a network wait,
     // so its undo cannot land in a newer window than the one it was counted in.
     let remote = |p: &&Arc<LimitPolicy>| matches!(p.rate, Some((_, RateBackend::Redis { .. })));
