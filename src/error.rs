@@ -59,6 +59,8 @@ pub enum Reject {
         /// The caller presented a bearer token: answer with RFC 6750 `insufficient_scope`.
         bearer: bool,
     },
+    #[error("the audit trail cannot record requests right now")]
+    AuditUnavailable,
     #[error("{}", match kind {
         LimitKind::Rate => "rate limit exceeded",
         LimitKind::Inflight => "too many concurrent requests",
@@ -87,7 +89,7 @@ impl Reject {
             | Reject::UpgradeNotAllowed => 400,
             Reject::HeadersTooLarge | Reject::TooManyHeaders => 431,
             Reject::BodyTooLarge => 413,
-            Reject::NoHealthyUpstream => 503,
+            Reject::NoHealthyUpstream | Reject::AuditUnavailable => 503,
             Reject::UpstreamConnect | Reject::UpstreamError => 502,
             Reject::UpstreamTimeout => 504,
             // Not the caller's fault: the IdP's keys were never loaded.
@@ -118,6 +120,7 @@ impl Reject {
             Reject::BodyTooLarge => "body_too_large",
             Reject::AmbiguousFraming => "ambiguous_framing",
             Reject::NoHealthyUpstream => "no_healthy_upstream",
+            Reject::AuditUnavailable => "audit_unavailable",
             Reject::UpstreamConnect => "upstream_connect_failed",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamError => "upstream_error",

@@ -117,7 +117,8 @@ fn set_identity(req: &mut RequestHeader, p: &crate::auth::Principal) -> Result<(
     Ok(())
 }
 
-pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    ctx.upstream_start = Some(std::time::Instant::now());
     let Some(route) = &ctx.route else {
         return Error::e_explain(ErrorType::InternalError, "no route on upstream request");
     };

@@ -54,6 +54,11 @@ pub struct RequestCtx {
     pub client_cert: Option<Arc<auth::mtls::ClientCert>>,
     /// Rate-limit state: concurrency slots held, headers for the response, what fired.
     pub limits: ratelimit::RequestLimits,
+    /// The audit sink can take this request's record (`on_overflow: reject` fails closed).
+    pub audit_accepting: bool,
+    /// When the request was handed to the upstream, and when its answer arrived (audit).
+    pub upstream_start: Option<Instant>,
+    pub upstream_answered: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -80,6 +85,9 @@ impl RequestCtx {
             te_with_cl: false,
             client_cert: None,
             limits: ratelimit::RequestLimits::default(),
+            audit_accepting: true,
+            upstream_start: None,
+            upstream_answered: None,
         }
     }
 
@@ -185,6 +193,10 @@ pub fn ip_text(ip: &IpAddr) -> String {
 
 /// Decide whether the request may proceed to the upstream, and on which route.
 pub async fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reject> {
+    if !ctx.audit_accepting {
+        // Fail closed: a request that could not be audited is not served.
+        return Err(Reject::AuditUnavailable);
+    }
     let snapshot = ctx.snapshot.clone();
     check_limits(req, &snapshot)?;
     if ctx.te_with_cl {

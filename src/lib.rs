@@ -9,11 +9,13 @@
 //! - [`ratelimit`]: rate and concurrency limits (local sketch, Redis)
 //! - [`forward`]: the request sent upstream
 //! - [`error`]: the one mapping from decisions to HTTP responses
+//! - [`audit`]: one tamper-evident record per request, and `audit verify`
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener
 //! - [`echo`]: the demo/test upstream
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod clientip;

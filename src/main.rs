@@ -51,6 +51,11 @@ enum Command {
         #[arg(long, default_value = "new-consumer")]
         consumer: String,
     },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run the demo/test echo upstream.
     Echo {
         /// Address to listen on (repeatable).
@@ -68,6 +73,22 @@ enum Command {
         /// Answer every request with a fixed "ok" body (for benchmarks).
         #[arg(long)]
         fixed: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check sequence numbers, hash chains and gap records of audit files (in order, as one
+    /// stream: rotated files can be given oldest first). Exit code 1 at the first bad line.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Environment variable holding the chain's HMAC key.
+        #[arg(long, conflicts_with = "hmac_key_file")]
+        hmac_key_env: Option<String>,
+        /// File holding the chain's HMAC key.
+        #[arg(long)]
+        hmac_key_file: Option<PathBuf>,
     },
 }
 
@@ -133,6 +154,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    files,
+                    hmac_key_env,
+                    hmac_key_file,
+                },
+        } => audit_verify(&files, hmac_key_env, hmac_key_file),
         Command::Keygen { id, consumer } => {
             let (key, sha) = portcullis::auth::api_key::generate();
             println!("key: {key}");
@@ -156,6 +185,67 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn audit_verify(files: &[PathBuf], env: Option<String>, file: Option<PathBuf>) -> ExitCode {
+    use portcullis::audit::chain;
+    let key = match (env, file) {
+        (Some(var), _) => match std::env::var(&var) {
+            Ok(v) => Some(v.into_bytes()),
+            Err(_) => {
+                eprintln!("error: environment variable {var} is not set");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(p)) => match std::fs::read(&p) {
+            Ok(mut b) => {
+                while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                    b.pop();
+                }
+                Some(b)
+            }
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => None,
+    };
+    let mut state = std::collections::HashMap::new();
+    let mut report = chain::Report::default();
+    for f in files {
+        let name = f.display().to_string();
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot read {name}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        chain::verify_lines(&name, text.lines(), key.as_deref(), &mut state, &mut report);
+        if report.failure.is_some() {
+            break;
+        }
+    }
+    println!(
+        "{} records ({} requests, {} chain starts, {} gap records reporting {} lost) from {} process(es)",
+        report.records,
+        report.requests,
+        report.chain_starts,
+        report.gap_records,
+        report.lost,
+        report.instances
+    );
+    match report.failure {
+        Some((file, line, problem)) => {
+            println!("FAILED at {file}:{line}: {problem}");
+            ExitCode::FAILURE
+        }
+        None => {
+            println!("ok");
+            ExitCode::SUCCESS
         }
     }
 }

@@ -34,6 +34,11 @@ pub struct Metrics {
     redis_errors: IntCounterVec,
     redis_duration: prometheus::Histogram,
     redis_connected: IntGauge,
+    audit_written: prometheus::IntCounter,
+    audit_dropped: IntCounterVec,
+    audit_queue: IntGauge,
+    audit_write_errors: prometheus::IntCounter,
+    audit_last_write: IntGauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -178,6 +183,29 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "portcullis_redis_connected",
         "1 while the Redis rate-limit backend is connected and its circuit breaker closed",
     )?;
+    let audit_written = prometheus::IntCounter::new(
+        "portcullis_audit_records_total",
+        "Audit records written (request, gap and chain_start records)",
+    )?;
+    let audit_dropped = IntCounterVec::new(
+        Opts::new(
+            "portcullis_audit_dropped_total",
+            "Audit records lost, by cause (queue_full, write_failed); each loss is also a gap record in the file",
+        ),
+        &["cause"],
+    )?;
+    let audit_queue = IntGauge::new(
+        "portcullis_audit_queue_depth",
+        "Audit records waiting for the writer",
+    )?;
+    let audit_write_errors = prometheus::IntCounter::new(
+        "portcullis_audit_write_errors_total",
+        "Failed writes or fsyncs of the audit file",
+    )?;
+    let audit_last_write = IntGauge::new(
+        "portcullis_audit_last_write_timestamp_seconds",
+        "Unix time of the last successful audit write (alert on time() minus this under load)",
+    )?;
     let build_info = IntGaugeVec::new(
         Opts::new("portcullis_build_info", "Build information; always 1"),
         &["version"],
@@ -205,6 +233,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(redis_errors.clone()))?;
     registry.register(Box::new(redis_duration.clone()))?;
     registry.register(Box::new(redis_connected.clone()))?;
+    registry.register(Box::new(audit_written.clone()))?;
+    registry.register(Box::new(audit_dropped.clone()))?;
+    registry.register(Box::new(audit_queue.clone()))?;
+    registry.register(Box::new(audit_write_errors.clone()))?;
+    registry.register(Box::new(audit_last_write.clone()))?;
     registry.register(Box::new(build_info))?;
     Ok(Metrics {
         registry,
@@ -228,6 +261,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         redis_errors,
         redis_duration,
         redis_connected,
+        audit_written,
+        audit_dropped,
+        audit_queue,
+        audit_write_errors,
+        audit_last_write,
     })
 }
 
@@ -407,6 +445,31 @@ pub fn redis_duration(seconds: f64) {
 pub fn set_redis_connected(up: bool) {
     if let Some(m) = get() {
         m.redis_connected.set(i64::from(up));
+    }
+}
+
+pub fn audit_written(n: u64, unix_secs: u64) {
+    if let Some(m) = get() {
+        m.audit_written.inc_by(n);
+        m.audit_last_write.set(unix_secs as i64);
+    }
+}
+
+pub fn audit_dropped(cause: &str, n: u64) {
+    if let Some(m) = get() {
+        m.audit_dropped.with_label_values(&[cause]).inc_by(n);
+    }
+}
+
+pub fn audit_queue_depth(n: usize) {
+    if let Some(m) = get() {
+        m.audit_queue.set(n as i64);
+    }
+}
+
+pub fn audit_write_error() {
+    if let Some(m) = get() {
+        m.audit_write_errors.inc();
     }
 }
 

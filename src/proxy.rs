@@ -11,7 +11,7 @@
 //! | `upstream_request_filter` | `forward::prepare_upstream_request`      |
 //! | `response_filter`       | `X-Request-Id`; `ratelimit::add_response_headers` |
 //! | `fail_to_proxy`         | `error::respond` (502/504/…)               |
-//! | `logging`               | metrics                                    |
+//! | `logging`               | metrics, `audit::record`                   |
 
 use crate::error::{self, Reject};
 use crate::gateway::{self, Conn, RequestCtx};
@@ -86,7 +86,9 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.state.snapshot.load_full())
+        let mut ctx = RequestCtx::new(self.state.snapshot.load_full());
+        ctx.audit_accepting = self.state.audit.as_ref().is_none_or(|a| a.accepting());
+        ctx
     }
 
     async fn early_request_filter(
@@ -175,6 +177,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        crate::audit::mark_upstream_answer(ctx);
         upstream_response.insert_header(crate::forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         crate::ratelimit::add_response_headers(&ctx.limits, upstream_response)
     }
@@ -232,6 +235,9 @@ impl ProxyHttp for Gateway {
         }
         if let Some(d) = ctx.authz {
             crate::authz::record(route, d, &ctx.request_id);
+        }
+        if let Some(audit) = &self.state.audit {
+            crate::audit::record(audit, session, ctx);
         }
     }
 }

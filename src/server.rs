@@ -65,7 +65,11 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let state = GatewayState::new(config.snapshot);
+    let audit = p
+        .audit
+        .clone()
+        .map(|a| crate::audit::Audit::new(a, crate::audit::new_instance_id()));
+    let state = GatewayState::new(config.snapshot, audit);
     let process = config.process;
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -116,16 +120,64 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
             state: state.clone(),
         },
     ));
+    if state.audit.is_some() {
+        server.add_service(background_service(
+            "audit writer",
+            AuditService {
+                state: state.clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "config reload",
         ReloadService {
-            state,
+            state: state.clone(),
             path: opts.config_path,
             process,
         },
     ));
     log::info!("portcullis {} starting", env!("CARGO_PKG_VERSION"));
-    server.run_forever()
+    // `run` returns once every runtime has stopped (after the grace period): the logging phase
+    // of every request that got an answer has run, so the audit queue can be drained now.
+    server.run(pingora::server::RunArgs::default());
+    if let Some(a) = &state.audit {
+        a.sink.close(std::time::Duration::from_secs(10));
+    }
+    log::info!("portcullis stopped");
+    std::process::exit(0)
+}
+
+/// Starts the audit writer thread (here, not before `run`: Pingora may fork to daemonize and
+/// threads do not survive a fork) and reopens the audit file on SIGUSR1 (logrotate).
+struct AuditService {
+    state: Arc<GatewayState>,
+}
+
+#[async_trait]
+impl BackgroundService for AuditService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Some(audit) = &self.state.audit else {
+            return;
+        };
+        audit.sink.start();
+        let mut usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot install SIGUSR1 handler (audit reopen): {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {
+                    log::info!("audit: reopening the file (SIGUSR1)");
+                    audit.sink.request_reopen();
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }
 
 /// TLS 1.2+ (Mozilla "intermediate"), ALPN h2 and http/1.1; with `client_ca`, client

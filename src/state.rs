@@ -11,16 +11,19 @@ pub struct GatewayState {
     /// Set by the health service once the first round of checks has run.
     pub ready: AtomicBool,
     generation: AtomicU64,
+    /// The audit trail, when `audit:` is configured (per process, like the listeners).
+    pub audit: Option<crate::audit::Audit>,
 }
 
 impl GatewayState {
-    pub fn new(mut snapshot: Snapshot) -> Arc<GatewayState> {
+    pub fn new(mut snapshot: Snapshot, audit: Option<crate::audit::Audit>) -> Arc<GatewayState> {
         snapshot.generation = 1;
         crate::metrics::set_config_generation(1);
         Arc::new(GatewayState {
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(1),
+            audit,
         })
     }
 

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod audit;
 mod limits;
 pub use limits::{parse_rate, DEFAULT_EXPECTED_KEYS};
 use limits::{rate_limits, redis_backend};
@@ -81,7 +82,6 @@ pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
     let process = process_settings(&mut cx, raw);
     let trusted = trusted_proxies(&mut cx, raw);
     let limits = limits(&mut cx, raw);
-    reserved_sections(&mut cx, raw);
     let authenticators = authenticators(&mut cx, raw);
     let pools = pools(&mut cx, raw);
     let policies = policies(&mut cx, raw);
@@ -188,6 +188,40 @@ fn process_settings(cx: &mut Ctx, raw: &RawConfig) -> ProcessSettings {
         graceful_shutdown_timeout: s
             .graceful_shutdown_timeout
             .map_or(Duration::from_secs(5), |d| d.0),
+        audit: raw.audit.as_ref().and_then(|a| audit::settings(cx, a, raw)),
+    }
+}
+
+/// A secret from `{ env: VAR }` or `{ file: PATH }` (never inline in the YAML).
+fn secret_bytes(cx: &mut Ctx, sp: &str, sec: &super::raw::RawSecret) -> Option<Vec<u8>> {
+    match (&sec.env, &sec.file) {
+        (Some(var), None) => match std::env::var(var) {
+            Ok(v) => Some(v.into_bytes()),
+            Err(_) => {
+                cx.err(sp, format!("environment variable {var} is not set"));
+                None
+            }
+        },
+        (None, Some(f)) => cx.file(sp, f).and_then(|p| match std::fs::read(&p) {
+            Ok(mut b) => {
+                // A trailing newline from `echo > file` is not part of the secret.
+                while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                    b.pop();
+                }
+                Some(b)
+            }
+            Err(e) => {
+                cx.err(sp, format!("cannot read {}: {e}", p.display()));
+                None
+            }
+        }),
+        _ => {
+            cx.err(
+                sp,
+                "exactly one of env or file is required (secrets never go in the YAML)",
+            );
+            None
+        }
     }
 }
 
@@ -274,15 +308,6 @@ fn limits(cx: &mut Ctx, raw: &RawConfig) -> Limits {
         max_header_bytes: max_header_bytes as usize,
         max_headers,
         max_body_bytes: l.max_body_bytes.map_or(DEFAULT_MAX_BODY_BYTES, |s| s.0),
-    }
-}
-
-fn reserved_sections(cx: &mut Ctx, raw: &RawConfig) {
-    if raw.audit.is_some() {
-        cx.err(
-            "audit",
-            "the audit trail is not supported by this version yet",
-        );
     }
 }
 
@@ -457,35 +482,7 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
     }
     if let Some(sec) = &j.hmac_secret {
         let sp = format!("{path}.hmac_secret");
-        let bytes = match (&sec.env, &sec.file) {
-            (Some(var), None) => match std::env::var(var) {
-                Ok(v) => Some(v.into_bytes()),
-                Err(_) => {
-                    cx.err(&sp, format!("environment variable {var} is not set"));
-                    None
-                }
-            },
-            (None, Some(f)) => cx.file(&sp, f).and_then(|p| match std::fs::read(&p) {
-                Ok(mut b) => {
-                    // A trailing newline from `echo > file` is not part of the secret.
-                    while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-                        b.pop();
-                    }
-                    Some(b)
-                }
-                Err(e) => {
-                    cx.err(&sp, format!("cannot read {}: {e}", p.display()));
-                    None
-                }
-            }),
-            _ => {
-                cx.err(
-                    &sp,
-                    "exactly one of env or file is required (secrets never go in the YAML)",
-                );
-                None
-            }
-        };
+        let bytes = secret_bytes(cx, &sp, sec);
         if let Some(b) = bytes {
             if b.len() < 32 {
                 cx.err(&sp, "the secret must be at least 32 bytes (RFC 7518 §3.2)");

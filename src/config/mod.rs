@@ -79,6 +79,33 @@ pub struct ProcessSettings {
     pub upgrade_sock: String,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
+    /// The audit trail (read at start like the listeners: its file and writer are per process).
+    pub audit: Option<AuditSettings>,
+}
+
+/// Bytes that must never be printed (`Debug` shows only their length).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} secret bytes>", self.0.len())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub file: Option<PathBuf>,
+    pub stdout: bool,
+    pub queue: usize,
+    pub on_overflow: raw::OnOverflow,
+    pub fsync: raw::FsyncMode,
+    pub fsync_interval: Duration,
+    pub chain: bool,
+    pub hmac_key: Option<SecretBytes>,
+    pub capture_headers: Vec<http::header::HeaderName>,
+    pub token_fingerprint: bool,
+    pub query: raw::AuditQuery,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! are enums, so an unknown value is a parse error too.
 
 use super::units::{ByteSize, DurationStr};
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,9 +30,8 @@ pub struct RawConfig {
     pub rate_limits: BTreeMap<String, RawRateLimit>,
     /// The shared Redis server for `backend: redis` policies.
     pub redis: Option<RawRedis>,
-    /// Reserved for the audit issue; any value is rejected until it lands.
-    #[serde(default)]
-    pub audit: Option<IgnoredAny>,
+    /// The audit trail: one record per request.
+    pub audit: Option<RawAudit>,
 }
 
 /// Exactly one of the fields is set.
@@ -652,4 +651,63 @@ impl Method {
     pub fn bit(self) -> u8 {
         1 << (self as u8)
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// JSON-lines file, opened for append (created 0600 if missing).
+    pub file: Option<String>,
+    /// Also (or only) write records to standard output.
+    #[serde(default)]
+    pub stdout: bool,
+    /// Records the queue holds before `on_overflow` applies. Default 65536.
+    pub queue: Option<usize>,
+    #[serde(default)]
+    pub on_overflow: OnOverflow,
+    #[serde(default)]
+    pub fsync: FsyncMode,
+    /// For `fsync: interval`. Default 1s.
+    pub fsync_interval: Option<DurationStr>,
+    /// Each record carries the hash of the previous one and its own.
+    #[serde(default)]
+    pub chain: bool,
+    /// HMAC key for the chain (from an environment variable or a file).
+    pub hmac_key: Option<RawSecret>,
+    /// Request headers copied into records (allow-list); credentials are refused.
+    #[serde(default)]
+    pub capture_headers: Vec<String>,
+    /// A short SHA-256 fingerprint of a bearer token (never the token).
+    #[serde(default)]
+    pub token_fingerprint: bool,
+    /// `drop` (default): no query string; `names`: parameter names only.
+    #[serde(default)]
+    pub query: AuditQuery,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOverflow {
+    /// Count the record as dropped and write a `gap` record as soon as possible.
+    #[default]
+    Drop,
+    /// Fail closed: new requests get 503 while the sink cannot keep up.
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    #[default]
+    Never,
+    Interval,
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditQuery {
+    #[default]
+    Drop,
+    Names,
 }
