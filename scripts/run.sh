@@ -37,6 +37,8 @@ Portcullis is running on http://127.0.0.1:8080 (admin on 127.0.0.1:9100). Try:
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code} ' http://127.0.0.1:8080/api/limited; done; echo   # 200 ×5 then 429
   curl -i http://127.0.0.1:8080/api/limited                   # 429 rate_limited, Retry-After, RateLimit headers
   curl -s http://127.0.0.1:9100/metrics | grep portcullis_requests_total
+  tail -n 2 /tmp/portcullis-demo-audit.jsonl                 # the audit trail, one record per request
+  target/release/portcullis audit verify /tmp/portcullis-demo-audit.jsonl
 
 Press Ctrl-C to stop.
 TXT
