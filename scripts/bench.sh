@@ -6,7 +6,8 @@
 #   (e) RS256 with 10,000 distinct tokens and the cache off (every request a full verification),
 #   (f) the public route with a local rate limit per client IP (never reached), (g) the same
 #   with the Redis backend (a redis-server on loopback, CPU 1), (g2) Redis with `lease: 100`,
-#   (h) every request refused 429.
+#   (h) every request refused 429, (i) the public route on a gateway writing an audit file,
+#   (j) the same with an HMAC hash chain.
 # The proxy under test is pinned to CPU 0 with one worker thread; wrk and the upstream share
 # CPU 1. Scenarios are interleaved over ROUNDS rounds. Reported per scenario: requests/s,
 # p50/p99 latency (wrk), and CPU µs per request of the measured process (utime+stime from
@@ -27,6 +28,7 @@ CLK_TCK=$(getconf CLK_TCK)
 if [[ $(nproc) -ge 2 ]]; then PROXY_CPU=0; LOAD_CPU=1; else PROXY_CPU=0; LOAD_CPU=0; fi
 
 P_UP=19001; P_BARE=19090; P_GW=19080; P_ADMIN=19100; P_REDIS=19379
+P_AUD=19081; P_AUD_ADMIN=19101; P_CHAIN=19082; P_CHAIN_ADMIN=19102
 WORK=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -72,6 +74,29 @@ routes:
   - { id: jwt-nocache, match: { path_prefix: /nocache }, upstream: echo, authn: [idp-nocache] }
   - { id: bench, match: { path_prefix: / }, upstream: echo, public: true }
 YAML
+# Audit gateways: the same public route, records to a file, chain off and on (HMAC).
+audit_conf() { # port admin name extra
+  cat <<YAML
+server:
+  listen: [{ addr: "127.0.0.1:$1" }]
+  admin: "127.0.0.1:$2"
+  threads: 1
+  pid_file: $WORK/$3.pid
+  upgrade_sock: $WORK/$3.sock
+  grace_period: 0s
+audit:
+  file: $WORK/$3.jsonl
+$4
+upstreams:
+  echo: { targets: ["127.0.0.1:$P_UP"] }
+routes:
+  - { id: bench, match: { path_prefix: / }, upstream: echo, public: true }
+YAML
+}
+head -c 48 /dev/urandom | base64 >"$WORK/audit.key"
+audit_conf $P_AUD $P_AUD_ADMIN audit "  chain: false" >"$WORK/audit.yaml"
+audit_conf $P_CHAIN $P_CHAIN_ADMIN chain "  chain: true
+  hmac_key: { file: \"$WORK/audit.key\" }" >"$WORK/chain.yaml"
 MINT=${CARGO_TARGET_DIR:-target}/release/examples/mint_tokens
 $MINT 10000 tests/fixtures/jwt/rsa.key bench https://bench.test/ >"$WORK/tokens.txt"
 TOKEN=$(head -1 "$WORK/tokens.txt")
@@ -89,8 +114,10 @@ taskset -c $LOAD_CPU redis-server --port $P_REDIS --bind 127.0.0.1 --save "" --a
 taskset -c $LOAD_CPU $BIN echo --listen 127.0.0.1:$P_UP --name bench --fixed >/dev/null 2>&1 & pids+=($!); PID_UP=$!
 taskset -c $PROXY_CPU $BARE 127.0.0.1:$P_BARE 127.0.0.1:$P_UP 1 >/dev/null 2>&1 & pids+=($!); PID_BARE=$!
 RUST_LOG=warn taskset -c $PROXY_CPU $BIN run -c "$WORK/bench.yaml" >"$WORK/gw.log" 2>&1 & pids+=($!); PID_GW=$!
+RUST_LOG=warn taskset -c $PROXY_CPU $BIN run -c "$WORK/audit.yaml" >"$WORK/audit.log" 2>&1 & pids+=($!); PID_AUD=$!
+RUST_LOG=warn taskset -c $PROXY_CPU $BIN run -c "$WORK/chain.yaml" >"$WORK/chain.log" 2>&1 & pids+=($!); PID_CHAIN=$!
 
-for p in $P_UP $P_BARE $P_GW; do
+for p in $P_UP $P_BARE $P_GW $P_AUD $P_CHAIN; do
   for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$p/warm" 2>/dev/null && break; sleep 0.1; done
 done
 
@@ -138,11 +165,13 @@ for r in $(seq 1 "$ROUNDS"); do
   awk -v a="$r0" -v b="$r1" -v rps="$n" -v d="$DUR" -v hz="$CLK_TCK" 'BEGIN { printf "  %-22s redis-server itself: %.2f CPU µs/req\n", "", (b - a) * 1e6 / hz / (rps * d) }'
   measure "g2_redis_lease_100" $P_GW $PID_GW "http://127.0.0.1:$P_GW/lease/bench/path?q=1"
   measure "h_429_rejections" $P_GW $PID_GW "http://127.0.0.1:$P_GW/limited/bench/path?q=1"
+  measure "i_audit_file" $P_AUD $PID_AUD
+  measure "j_audit_hmac_chain" $P_CHAIN $PID_CHAIN
 done
 
 echo
 echo "median over rounds:"
-for s in a_upstream_direct b_bare_pingora c_portcullis_public d_jwt_rs256_cached e_jwt_rs256_10k_nocache f_local_limit g_redis_limit g2_redis_lease_100 h_429_rejections; do
+for s in a_upstream_direct b_bare_pingora c_portcullis_public d_jwt_rs256_cached e_jwt_rs256_10k_nocache f_local_limit g_redis_limit g2_redis_lease_100 h_429_rejections i_audit_file j_audit_hmac_chain; do
   awk -v s="$s" '$1==s {print $5, $2}' "$WORK/results" | sort -n | awk -v s="$s" '{cpu[NR]=$1; rps[NR]=$2} END {m=int((NR+1)/2); printf "  %-22s %7s CPU µs/req  %10s req/s\n", s, cpu[m], rps[m]}'
 done | tee "$WORK/median"
 # Paired per-round ratios are more robust on a shared machine than a ratio of medians.
@@ -166,3 +195,5 @@ echo "  f_local_limit - c_portcullis_public per round (µs): $(diff_c f_local_li
 echo "  g_redis_limit - c_portcullis_public per round (µs): $(diff_c g_redis_limit)"
 echo "  g2_redis_lease_100 - c_portcullis_public per round (µs): $(diff_c g2_redis_lease_100)"
 echo "  h_429_rejections vs c_portcullis_public per round (µs): $(diff_c h_429_rejections)(negative = a refusal is cheaper than proxying)"
+echo "  i_audit_file - c_portcullis_public per round (µs): $(diff_c i_audit_file)"
+echo "  j_audit_hmac_chain - c_portcullis_public per round (µs): $(diff_c j_audit_hmac_chain)"
