@@ -56,6 +56,11 @@ pub struct RequestCtx {
     pub limits: ratelimit::RequestLimits,
     /// The audit sink can take this request's record (`on_overflow: reject` fails closed).
     pub audit_accepting: bool,
+    /// The audit sink, and whether a queue slot was reserved for this request's record.
+    pub audit_sink: Option<Arc<crate::audit::AuditSink>>,
+    pub audit_reserved: bool,
+    /// The record was queued (by `logging`; otherwise dropping the context writes one).
+    pub audited: bool,
     /// When the request was handed to the upstream, and when its answer arrived (audit).
     pub upstream_start: Option<Instant>,
     pub upstream_answered: Option<Instant>,
@@ -86,6 +91,9 @@ impl RequestCtx {
             client_cert: None,
             limits: ratelimit::RequestLimits::default(),
             audit_accepting: true,
+            audit_sink: None,
+            audit_reserved: false,
+            audited: false,
             upstream_start: None,
             upstream_answered: None,
         }
@@ -93,6 +101,18 @@ impl RequestCtx {
 
     pub fn route_label(&self) -> &str {
         self.route.as_ref().map_or("none", |r| &r.id)
+    }
+}
+
+/// A request whose task was cancelled (runtime shut down after the grace period, or a panic)
+/// never reaches `logging`: its record is written here, marked `cancelled`.
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if !self.audited {
+            if let Some(sink) = self.audit_sink.take() {
+                crate::audit::record_cancelled(&sink, self);
+            }
+        }
     }
 }
 

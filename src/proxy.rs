@@ -87,7 +87,9 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         let mut ctx = RequestCtx::new(self.state.snapshot.load_full());
-        ctx.audit_accepting = self.state.audit.as_ref().is_none_or(|a| a.accepting());
+        if let Some(audit) = &self.state.audit {
+            crate::audit::admit(audit, &mut ctx);
+        }
         ctx
     }
 
@@ -105,8 +107,10 @@ impl ProxyHttp for Gateway {
         match gateway::admit(session.req_header(), ctx).await {
             Ok(()) => Ok(false),
             Err(reject) => {
+                // Recorded before writing: if the client is gone and the write fails, the
+                // audit record and metrics still show this refusal, not an upstream error.
+                ctx.reject = Some(reject.clone());
                 error::respond(session, &reject, &ctx.request_id).await?;
-                ctx.reject = Some(reject);
                 Ok(true)
             }
         }

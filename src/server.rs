@@ -120,14 +120,14 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
             state: state.clone(),
         },
     ));
-    if state.audit.is_some() {
-        server.add_service(background_service(
-            "audit writer",
-            AuditService {
-                state: state.clone(),
-            },
-        ));
-    }
+    // Always installed: SIGUSR1's default action would kill a gateway without an audit file
+    // that logrotate signals anyway.
+    server.add_service(background_service(
+        "audit writer",
+        AuditService {
+            state: state.clone(),
+        },
+    ));
     server.add_service(background_service(
         "config reload",
         ReloadService {
@@ -157,10 +157,9 @@ struct AuditService {
 impl BackgroundService for AuditService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
-        let Some(audit) = &self.state.audit else {
-            return;
-        };
-        audit.sink.start();
+        if let Some(audit) = &self.state.audit {
+            audit.sink.start();
+        }
         let mut usr1 = match signal(SignalKind::user_defined1()) {
             Ok(s) => s,
             Err(e) => {
@@ -170,10 +169,13 @@ impl BackgroundService for AuditService {
         };
         loop {
             tokio::select! {
-                _ = usr1.recv() => {
-                    log::info!("audit: reopening the file (SIGUSR1)");
-                    audit.sink.request_reopen();
-                }
+                _ = usr1.recv() => match &self.state.audit {
+                    Some(audit) => {
+                        log::info!("audit: reopening the file (SIGUSR1)");
+                        audit.sink.request_reopen();
+                    }
+                    None => log::info!("SIGUSR1: no audit file to reopen"),
+                },
                 _ = shutdown.changed() => return,
             }
         }

@@ -198,6 +198,11 @@ fn every_request_gets_exactly_one_record_and_the_chain_verifies() {
     assert_eq!(keyed["principal"]["key_id"], "k1");
     assert_eq!(keyed["principal"]["consumer"], "acme");
     assert!(keyed["duration_us"].as_u64().is_some() && keyed["upstream_us"].as_u64().is_some());
+    let bad_path = got.iter().find(|r| r["reason"] == "invalid_path").unwrap();
+    assert_eq!(
+        bad_path["raw_path"], "/ok/%2f",
+        "refused before normalisation: raw target kept"
+    );
     let tenant = got
         .iter()
         .find(|r| r["headers"]["x-tenant"] == "t-1")
@@ -240,6 +245,21 @@ fn every_request_gets_exactly_one_record_and_the_chain_verifies() {
 }
 
 #[test]
+fn a_client_that_goes_away_still_gets_a_record() {
+    use std::io::Write;
+    let s = setup("");
+    let mut c = std::net::TcpStream::connect(s.gw.addr).unwrap();
+    c.write_all(b"GET /ok/abandoned HTTP/1.1\r\nHost: a\r\nx-echo-delay-ms: 1500\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(c);
+    let got = wait_requests(&s.file, 1);
+    assert_eq!(got[0]["path"], "/ok/abandoned");
+    assert_eq!(got[0]["reason"], "client_abort", "{}", got[0]);
+    assert_eq!(got[0]["status"], 0);
+}
+
+#[test]
 fn tampering_is_detected_at_the_right_line() {
     let s = setup("");
     for i in 0..6 {
@@ -273,6 +293,20 @@ fn tampering_is_detected_at_the_right_line() {
     let (code, out) = verify(&[&write("swapped", &swapped)], Some(&s.key));
     assert_eq!(code, 1);
     assert!(out.contains("swapped:3: sequence 4"), "{out}");
+
+    // Records forged by someone without the key: an unchained line, or a chain of its own
+    // under a new instance id.
+    let mut forged = owned.clone();
+    forged.insert(3, r#"{"v":1,"seq":1,"instance":"bbbbbbbbbbbbbbbb","type":"request","path":"/admin/transfer","decision":"allow"}"#.into());
+    let (code, out) = verify(&[&write("forged", &forged)], Some(&s.key));
+    assert_eq!(code, 1);
+    assert!(out.contains("forged:4: record without hash chain"), "{out}");
+    let mut anchored = owned.clone();
+    let fake = format!("{{\"v\":1,\"seq\":1,\"instance\":\"cccccccccccccccc\",\"type\":\"chain_start\",\"reason\":\"start\",\"chain\":\"hmac-sha256\",\"prev\":\"{}\",\"hash\":\"{}\"}}", "0".repeat(64), "1".repeat(64));
+    anchored.insert(2, fake);
+    let (code, out) = verify(&[&write("anchored", &anchored)], Some(&s.key));
+    assert_eq!(code, 1);
+    assert!(out.contains("anchored:3: hash does not match"), "{out}");
 
     let other = s.dir.path().join("other.key");
     std::fs::write(&other, "another-key-0123456789abcdef0123456789").unwrap();
@@ -328,6 +362,37 @@ fn sigterm_during_load_leaves_a_record_for_every_answered_request() {
             "answered request {id} has no record"
         );
     }
+    assert_eq!(verify(&[&s.file], Some(&s.key)).0, 0);
+}
+
+/// SIGINT stops at once: requests still in flight are cancelled, and each still gets a record.
+#[test]
+fn requests_cancelled_by_a_fast_shutdown_are_recorded() {
+    let mut s = setup("");
+    let addr = s.gw.addr;
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let raw = format!("GET /ok/slow{i} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nx-echo-delay-ms: 5000\r\n\r\n");
+                let _ = try_request(addr, raw.as_bytes());
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    s.gw.proc.signal("INT");
+    assert!(eventually(Duration::from_secs(10), || matches!(
+        s.gw.proc.child.try_wait(),
+        Ok(Some(_))
+    )));
+    for t in slow {
+        t.join().unwrap();
+    }
+    let got = requests(&s.file);
+    let cancelled: Vec<&Value> = got.iter().filter(|r| r["reason"] == "cancelled").collect();
+    assert_eq!(cancelled.len(), 4, "{got:?}");
+    assert!(cancelled
+        .iter()
+        .all(|r| r["path"].as_str().unwrap().starts_with("/ok/slow")));
     assert_eq!(verify(&[&s.file], Some(&s.key)).0, 0);
 }
 
@@ -447,6 +512,10 @@ fn bad_audit_config_is_refused_with_its_yaml_path() {
         (
             "audit:\n  stdout: true\n  on_overflow: block\n",
             "audit.on_overflow: unknown variant `block`",
+        ),
+        (
+            "audit:\n  stdout: true\n  capture_headers: [X-Access-Token]\n",
+            "audit.capture_headers[0]: \"X-Access-Token\" carries credentials",
         ),
     ];
     for (i, (section, want)) in cases.iter().enumerate() {

@@ -15,33 +15,32 @@ use std::collections::HashMap;
 pub const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const HASH_FIELD: &str = ",\"hash\":\"";
 
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    let Ok(mut h) = Hasher::new(MessageDigest::sha256()) else {
-        return out;
-    };
+fn sha256(parts: &[&[u8]]) -> Option<[u8; 32]> {
+    let mut h = Hasher::new(MessageDigest::sha256()).ok()?;
     for p in parts {
-        if h.update(p).is_err() {
-            return out;
-        }
+        h.update(p).ok()?;
     }
-    if let Ok(d) = h.finish() {
-        out.copy_from_slice(&d);
-    }
-    out
+    let d = h.finish().ok()?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&d);
+    Some(out)
 }
 
+/// Written (and compared) when OpenSSL cannot hash: never equal to a real 64-hex hash, so
+/// such a record fails verification instead of passing with a constant.
+const NO_HASH: &str = "hash-unavailable";
+
 /// HMAC-SHA256 (RFC 2104) over `data`.
-pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Option<[u8; 32]> {
     let mut k = [0u8; 64];
     if key.len() > 64 {
-        k[..32].copy_from_slice(&sha256(&[key]));
+        k[..32].copy_from_slice(&sha256(&[key])?);
     } else {
         k[..key.len()].copy_from_slice(key);
     }
     let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = sha256(&[&ipad, data]);
+    let inner = sha256(&[&ipad, data])?;
     sha256(&[&opad, &inner])
 }
 
@@ -57,10 +56,11 @@ pub fn hex(b: &[u8]) -> String {
 
 /// Hash of the bytes a line's `hash` covers.
 pub fn digest(key: Option<&[u8]>, covered: &[u8]) -> String {
-    hex(&match key {
+    let d = match key {
         Some(k) => hmac_sha256(k, covered),
         None => sha256(&[covered]),
-    })
+    };
+    d.map_or_else(|| NO_HASH.to_string(), |d| hex(&d))
 }
 
 /// Outcome of verifying one or more files.
@@ -71,44 +71,83 @@ pub struct Report {
     pub chain_starts: u64,
     pub gap_records: u64,
     pub lost: u64,
+    /// Lines cut short by a failed write, each followed by the writer's gap record.
+    pub torn_lines: u64,
     pub instances: usize,
     /// (file, line number, problem) of the first failure.
     pub failure: Option<(String, usize, String)>,
 }
 
-#[derive(Default)]
-struct Instance {
-    seq: u64,
-    hash: Option<String>,
+/// What `verify` carries from one line (and file) to the next.
+pub struct VerifyState {
+    /// Instance id → (last seq, last hash).
+    instances: HashMap<String, (u64, Option<String>)>,
+    /// Whether the stream is hash-chained: decided by the first record, or required by a key.
+    chained: Option<bool>,
+    key: Option<Vec<u8>>,
+    /// Every instance must start at its process start (`seq` 1): nothing cut off the front.
+    strict: bool,
+    /// A line that is not a record, accepted only if the writer's next record says so
+    /// (a `gap` with `torn: true`, written after a write that stopped mid-line).
+    torn: Option<(String, usize, String)>,
+}
+
+impl VerifyState {
+    pub fn new(key: Option<Vec<u8>>, strict: bool) -> VerifyState {
+        VerifyState {
+            instances: HashMap::new(),
+            chained: key.as_ref().map(|_| true),
+            key,
+            strict,
+            torn: None,
+        }
+    }
+
+    /// After the last file: a torn line nobody accounted for is a failure.
+    pub fn finish(&mut self, report: &mut Report) {
+        if report.failure.is_none() {
+            report.failure = self.torn.take();
+        }
+    }
+
+    pub fn chained(&self) -> bool {
+        self.chained == Some(true)
+    }
 }
 
 /// Check `lines` from `file` (a file, or the next in a concatenated sequence).
 pub fn verify_lines<'a>(
     file: &str,
     lines: impl Iterator<Item = &'a str>,
-    key: Option<&[u8]>,
-    state: &mut HashMap<String, (u64, Option<String>)>,
+    state: &mut VerifyState,
     report: &mut Report,
 ) {
     for (i, line) in lines.enumerate() {
         if report.failure.is_some() {
             return;
         }
-        let n = i + 1;
-        if let Err(problem) = verify_line(line, key, state, report) {
-            report.failure = Some((file.to_string(), n, problem));
+        let torn_before = state.torn.is_some();
+        match verify_line(line, state, report) {
+            Err(problem) if problem.starts_with("not a JSON record") && !torn_before => {
+                state.torn = Some((file.to_string(), i + 1, problem));
+            }
+            Err(problem) => report.failure = Some((file.to_string(), i + 1, problem)),
+            Ok(torn_gap) if torn_before => {
+                if torn_gap {
+                    state.torn = None;
+                    report.torn_lines += 1;
+                } else {
+                    report.failure = state.torn.take();
+                }
+            }
+            Ok(_) => {}
         }
-        report.instances = state.len();
+        report.instances = state.instances.len();
     }
-    report.instances = state.len();
 }
 
-fn verify_line(
-    line: &str,
-    key: Option<&[u8]>,
-    state: &mut HashMap<String, (u64, Option<String>)>,
-    report: &mut Report,
-) -> Result<(), String> {
+/// Ok(true) for a `gap` record that accounts for a torn line before it.
+fn verify_line(line: &str, state: &mut VerifyState, report: &mut Report) -> Result<bool, String> {
     let v: serde_json::Value =
         serde_json::from_str(line).map_err(|e| format!("not a JSON record: {e}"))?;
     if v["v"] != 1 {
@@ -117,54 +156,70 @@ fn verify_line(
     let instance = v["instance"].as_str().ok_or("record without instance")?;
     let seq = v["seq"].as_u64().ok_or("record without seq")?;
     let kind = v["type"].as_str().ok_or("record without type")?;
-    let entry = state.entry(instance.to_string()).or_default();
-    let mut inst = Instance {
-        seq: entry.0,
-        hash: entry.1.clone(),
-    };
-    let expected = inst.seq + 1;
-    let starts = kind == "chain_start";
-    if !(starts && inst.seq == 0) && seq != expected {
-        return Err(format!(
-            "sequence {seq} of instance {instance}, expected {expected} (a record is missing, duplicated or out of order)"
-        ));
+    let has_hash = v.get("hash").is_some();
+    let chained = *state.chained.get_or_insert(has_hash);
+    if chained != has_hash {
+        return Err(if chained {
+            "record without hash chain in a chained file (inserted?)".into()
+        } else {
+            "chained record in a file that started unchained".into()
+        });
     }
-    if let Some(hash) = v.get("hash") {
-        let hash = hash.as_str().ok_or("hash is not a string")?;
+    let starts = kind == "chain_start";
+    let known = state.instances.get(instance).cloned();
+    match &known {
+        None if chained && !starts => {
+            return Err(format!(
+                "first record of instance {instance} is not a chain_start (inserted, or the file was cut)"
+            ))
+        }
+        None if state.strict && !(starts && seq == 1) => {
+            return Err(format!(
+                "instance {instance} does not start at its process start (--strict)"
+            ))
+        }
+        None if chained && state.key.is_some() && v["chain"] != "hmac-sha256" => {
+            return Err("chain_start does not announce hmac-sha256, but a key was given".into())
+        }
+        Some((last, _)) if seq != last + 1 => {
+            return Err(format!(
+                "sequence {seq} of instance {instance}, expected {} (a record is missing, duplicated or out of order)",
+                last + 1
+            ))
+        }
+        _ => {}
+    }
+    let mut hash_out = None;
+    if chained {
+        let hash = v["hash"].as_str().ok_or("hash is not a string")?;
         let at = line.rfind(HASH_FIELD).ok_or("no hash field at the end")?;
         if !line.ends_with("\"}") || at + HASH_FIELD.len() + 64 + 2 != line.len() {
             return Err("hash field is not the last field".into());
         }
         let prev = v["prev"].as_str().ok_or("chained record without prev")?;
-        match (&inst.hash, starts) {
-            (Some(h), _) if h != prev => {
+        match &known {
+            Some((_, Some(h))) if h != prev => {
                 return Err(format!(
                     "prev {prev:.16}… does not match the hash of the previous record of instance {instance}"
                 ))
             }
-            (None, true) if seq == 1 && prev != ZERO => {
+            None if seq == 1 && prev != ZERO => {
                 return Err("chain_start of a new process must have prev 0".into())
-            }
-            (None, false) => {
-                return Err(format!(
-                    "record of instance {instance} before its chain_start"
-                ))
             }
             _ => {}
         }
-        if digest(key, &line.as_bytes()[..at]) != hash {
-            return Err(if key.is_some() {
+        if digest(state.key.as_deref(), &line.as_bytes()[..at]) != hash {
+            return Err(if state.key.is_some() {
                 "hash does not match the record (edited, or a different HMAC key)".into()
             } else {
                 "hash does not match the record (edited)".into()
             });
         }
-        inst.hash = Some(hash.to_string());
-    } else if inst.hash.is_some() {
-        return Err("unchained record inside a chain".into());
+        hash_out = Some(hash.to_string());
     }
-    inst.seq = seq;
-    *entry = (inst.seq, inst.hash);
+    state
+        .instances
+        .insert(instance.to_string(), (seq, hash_out));
     report.records += 1;
     match kind {
         "request" => report.requests += 1,
@@ -175,16 +230,39 @@ fn verify_line(
         }
         other => return Err(format!("unknown record type {other:?}")),
     }
-    Ok(())
+    Ok(kind == "gap" && v["torn"] == true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn run(lines: &[&str]) -> Report {
+        let mut state = VerifyState::new(None, false);
+        let mut report = Report::default();
+        verify_lines("f", lines.iter().copied(), &mut state, &mut report);
+        state.finish(&mut report);
+        report
+    }
+
+    #[test]
+    fn a_torn_line_passes_only_when_the_writer_reported_it() {
+        let start = r#"{"v":1,"seq":1,"instance":"a","type":"chain_start","reason":"start"}"#;
+        let torn = r#"{"v":1,"seq":2,"instance":"a","type":"req"#;
+        let gap = r#"{"v":1,"seq":2,"instance":"a","type":"gap","dropped":1,"torn":true}"#;
+        let plain_gap = r#"{"v":1,"seq":2,"instance":"a","type":"gap","dropped":1}"#;
+        let r = run(&[start, torn, gap]);
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+        assert_eq!(r.torn_lines, 1);
+        let r = run(&[start, torn, plain_gap]);
+        assert_eq!(r.failure.unwrap().1, 2);
+        let r = run(&[start, torn]);
+        assert_eq!(r.failure.unwrap().1, 2, "a torn last line fails");
+    }
+
     #[test]
     fn hmac_matches_rfc_4231_case_2() {
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?").unwrap();
         assert_eq!(
             hex(&mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
@@ -197,7 +275,8 @@ mod tests {
         let mac = hmac_sha256(
             &key,
             b"Test Using Larger Than Block-Size Key - Hash Key First",
-        );
+        )
+        .unwrap();
         assert_eq!(
             hex(&mac),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"

@@ -148,10 +148,48 @@ impl Audit {
             sink: AuditSink::new(settings, instance),
         }
     }
+}
 
-    pub fn accepting(&self) -> bool {
-        self.sink.accepting()
-    }
+/// `new_ctx`: attach the sink; in `reject` mode reserve a queue slot for this request's record
+/// or mark the request to be refused with 503.
+pub fn admit(audit: &Audit, ctx: &mut RequestCtx) {
+    let (accepting, reserved) = audit.sink.admit();
+    ctx.audit_accepting = accepting;
+    ctx.audit_reserved = reserved;
+    ctx.audit_sink = Some(audit.sink.clone());
+}
+
+/// The record of a request that never reached `logging` (see `RequestCtx`'s `Drop`).
+pub fn record_cancelled(sink: &AuditSink, ctx: &RequestCtx) {
+    let mut f = Fields {
+        out: String::with_capacity(256),
+        first: true,
+    };
+    f.str("type", "request");
+    f.str("ts", &rfc3339_now());
+    f.str("request_id", &ctx.request_id);
+    f.opt(
+        "client_ip",
+        ctx.client_ip
+            .map(|ip| crate::gateway::ip_text(&ip))
+            .as_deref(),
+    );
+    f.str("peer_ip", &ctx.peer_text);
+    f.str("host", truncated(&ctx.host, 256));
+    f.str("path", truncated(&ctx.path, 2048));
+    f.opt("route", ctx.route.as_ref().map(|r| &*r.id));
+    f.num("status", 0);
+    f.str(
+        "decision",
+        if ctx.reject.is_some() {
+            "deny"
+        } else {
+            "allow"
+        },
+    );
+    f.str("reason", "cancelled");
+    f.num("duration_us", ctx.start.elapsed().as_micros() as u64);
+    sink.submit(f.out, ctx.audit_reserved);
 }
 
 /// Outcome fields: `(decision, reason)`.
@@ -180,7 +218,8 @@ fn decision(ctx: &RequestCtx, status: u16) -> (&'static str, &'static str) {
 }
 
 /// Build the record of this request (the `logging` phase) and queue it. Never blocks.
-pub fn record(audit: &Audit, session: &Session, ctx: &RequestCtx) {
+pub fn record(audit: &Audit, session: &Session, ctx: &mut RequestCtx) {
+    ctx.audited = true;
     let s = audit.sink.settings();
     let req = session.req_header();
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -202,6 +241,13 @@ pub fn record(audit: &Audit, session: &Session, ctx: &RequestCtx) {
     f.str("method", req.method.as_str());
     f.str("host", truncated(&ctx.host, 256));
     f.str("path", truncated(&ctx.path, 2048));
+    if ctx.path.is_empty() {
+        // Refused before normalisation (bad path, framing, limits): keep what was asked for,
+        // without the query string.
+        let raw = req.raw_path();
+        let raw = &raw[..raw.iter().position(|&b| b == b'?').unwrap_or(raw.len())];
+        f.str("raw_path", truncated(&String::from_utf8_lossy(raw), 2048));
+    }
     if s.query == AuditQuery::Names {
         let names: Vec<&str> = ctx
             .query
@@ -228,11 +274,14 @@ pub fn record(audit: &Audit, session: &Session, ctx: &RequestCtx) {
             o.opt("issuer", p.issuer.as_deref());
             o.opt("key_id", p.key_id.as_deref());
             if s.token_fingerprint && p.method == crate::auth::AuthMethod::Jwt {
+                // Only a bearer token: a high-entropy JWT, so its hash prefix reveals nothing.
                 let token = req
                     .headers
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.split_once(' ').map(|(_, t)| t.trim()));
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, t)| t.trim());
                 if let Some(t) = token {
                     o.str("token_fp", &chain::digest(None, t.as_bytes())[..16]);
                 }
@@ -278,23 +327,25 @@ pub fn record(audit: &Audit, session: &Session, ctx: &RequestCtx) {
             );
         });
     }
-    f.opt(
-        "user_agent",
-        req.headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| truncated(v, 256)),
-    );
+    let ua = req
+        .headers
+        .get(http::header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()));
+    f.opt("user_agent", ua.as_deref().map(|v| truncated(v, 256)));
     if !s.capture_headers.is_empty() {
         f.obj("headers", |o| {
             for name in &s.capture_headers {
-                if let Some(v) = req.headers.get(name).and_then(|v| v.to_str().ok()) {
-                    o.str(name.as_str(), truncated(v, 256));
+                // Non-UTF-8 bytes are replaced, never a reason to leave the value out.
+                if let Some(v) = req.headers.get(name) {
+                    o.str(
+                        name.as_str(),
+                        truncated(&String::from_utf8_lossy(v.as_bytes()), 256),
+                    );
                 }
             }
         });
     }
-    audit.sink.submit(f.out);
+    audit.sink.submit(f.out, ctx.audit_reserved);
 }
 
 /// `response_filter`: the upstream's answer arrived (for `upstream_us`).

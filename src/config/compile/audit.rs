@@ -18,6 +18,12 @@ const NEVER_CAPTURED: [&str; 7] = [
     "x-auth-token",
 ];
 
+/// Header names containing these are refused too (`x-access-token`, `x-vault-token`,
+/// `x-goog-api-key`, `x-session-id`, …): better one header less than one secret in the log.
+const SECRET_WORDS: [&str; 7] = [
+    "token", "secret", "auth", "key", "session", "passw", "cookie",
+];
+
 pub(super) fn settings(cx: &mut Ctx, a: &RawAudit, raw: &RawConfig) -> Option<AuditSettings> {
     let before = cx.issues.len();
     let file = a.file.as_ref().map(|f| cx.base.join(f));
@@ -62,10 +68,11 @@ pub(super) fn settings(cx: &mut Ctx, a: &RawAudit, raw: &RawConfig) -> Option<Au
     // Header names that authenticators read credentials from are refused as well.
     let mut secret_headers: Vec<String> = NEVER_CAPTURED.iter().map(|s| s.to_string()).collect();
     for auth in raw.authenticators.values() {
-        if let Some(k) = &auth.api_key {
-            if let Some(h) = &k.header {
-                secret_headers.push(h.to_ascii_lowercase());
-            }
+        if let Some(h) = auth.api_key.as_ref().and_then(|k| k.header.as_ref()) {
+            secret_headers.push(h.to_ascii_lowercase());
+        }
+        if let Some(h) = auth.jwt.as_ref().and_then(|j| j.header.as_ref()) {
+            secret_headers.push(h.to_ascii_lowercase());
         }
     }
     let mut capture_headers = Vec::new();
@@ -73,10 +80,15 @@ pub(super) fn settings(cx: &mut Ctx, a: &RawAudit, raw: &RawConfig) -> Option<Au
         let path = format!("audit.capture_headers[{i}]");
         match HeaderName::from_bytes(h.as_bytes()) {
             Err(_) => cx.err(path, format!("invalid header name {h:?}")),
-            Ok(name) if secret_headers.iter().any(|s| s == name.as_str()) => cx.err(
-                path,
-                format!("{h:?} carries credentials and is never written to the audit trail"),
-            ),
+            Ok(name)
+                if secret_headers.iter().any(|s| s == name.as_str())
+                    || SECRET_WORDS.iter().any(|w| name.as_str().contains(w)) =>
+            {
+                cx.err(
+                    path,
+                    format!("{h:?} carries credentials and is never written to the audit trail"),
+                )
+            }
             Ok(name) if capture_headers.contains(&name) => {
                 cx.err(path, format!("{h:?} listed twice"))
             }
