@@ -164,19 +164,7 @@ impl Reject {
     }
 }
 
-/// JSON-escape a string (only our own messages and ids go through here).
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
+use crate::audit::json_str;
 
 pub fn body(reject: &Reject, request_id: &str) -> String {
     let mut b = String::with_capacity(128);

@@ -59,8 +59,9 @@ pub fn new_instance_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// JSON string escaping for record fields.
-fn json_str(out: &mut String, s: &str) {
+/// JSON string escaping for record fields and error bodies: quotes, backslashes, control
+/// characters and U+2028/U+2029, so a value can never end its string or its line.
+pub(crate) fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -159,10 +160,10 @@ pub fn admit(audit: &Audit, ctx: &mut RequestCtx) {
     ctx.audit_sink = Some(audit.sink.clone());
 }
 
-/// The record of a request that never reached `logging` (see `RequestCtx`'s `Drop`).
-pub fn record_cancelled(sink: &AuditSink, ctx: &RequestCtx) {
+/// The fields every request record starts with.
+fn request_fields(ctx: &RequestCtx, capacity: usize, method: Option<&str>) -> Fields {
     let mut f = Fields {
-        out: String::with_capacity(256),
+        out: String::with_capacity(capacity),
         first: true,
     };
     f.str("type", "request");
@@ -175,8 +176,17 @@ pub fn record_cancelled(sink: &AuditSink, ctx: &RequestCtx) {
             .as_deref(),
     );
     f.str("peer_ip", &ctx.peer_text);
+    if let Some(m) = method {
+        f.str("method", m);
+    }
     f.str("host", truncated(&ctx.host, 256));
     f.str("path", truncated(&ctx.path, 2048));
+    f
+}
+
+/// The record of a request that never reached `logging` (see `RequestCtx`'s `Drop`).
+pub fn record_cancelled(sink: &AuditSink, ctx: &RequestCtx) {
+    let mut f = request_fields(ctx, 256, None);
     f.opt("route", ctx.route.as_ref().map(|r| &*r.id));
     f.num("status", 0);
     f.str(
@@ -224,23 +234,7 @@ pub fn record(audit: &Audit, session: &Session, ctx: &mut RequestCtx) {
     let req = session.req_header();
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let (decision, reason) = decision(ctx, status);
-    let mut f = Fields {
-        out: String::with_capacity(768),
-        first: true,
-    };
-    f.str("type", "request");
-    f.str("ts", &rfc3339_now());
-    f.str("request_id", &ctx.request_id);
-    f.opt(
-        "client_ip",
-        ctx.client_ip
-            .map(|ip| crate::gateway::ip_text(&ip))
-            .as_deref(),
-    );
-    f.str("peer_ip", &ctx.peer_text);
-    f.str("method", req.method.as_str());
-    f.str("host", truncated(&ctx.host, 256));
-    f.str("path", truncated(&ctx.path, 2048));
+    let mut f = request_fields(ctx, 768, Some(req.method.as_str()));
     if ctx.path.is_empty() {
         // Refused before normalisation (bad path, framing, limits): keep what was asked for,
         // without the query string.

@@ -341,12 +341,7 @@ impl Writer {
                 if !self.sink.healthy.swap(true, Ordering::AcqRel) {
                     log::warn!("audit: writing again");
                 }
-                let d = self
-                    .sink
-                    .depth
-                    .fetch_sub(n, Ordering::AcqRel)
-                    .saturating_sub(n);
-                crate::metrics::audit_queue_depth(d);
+                self.dequeued(n);
                 crate::metrics::audit_written(self.seq - seq0, super::unix_now());
                 batch.clear();
                 if self.sink.settings.fsync == FsyncMode::Always {
@@ -389,12 +384,7 @@ impl Writer {
                     .fetch_add(restored_unreported, Ordering::AcqRel);
                 crate::metrics::audit_written(seq - seq0, super::unix_now());
                 batch.drain(..requests_written);
-                let d = self
-                    .sink
-                    .depth
-                    .fetch_sub(requests_written, Ordering::AcqRel)
-                    .saturating_sub(requests_written);
-                crate::metrics::audit_queue_depth(d);
+                self.dequeued(requests_written);
                 // Reopen on the next batch (the target may be back); only failed opens wait.
                 self.file = None;
                 self.last_open_attempt = None;
@@ -403,16 +393,21 @@ impl Writer {
         }
     }
 
+    /// `n` records left the queue (written or lost).
+    fn dequeued(&self, n: usize) {
+        let d = self
+            .sink
+            .depth
+            .fetch_sub(n, Ordering::AcqRel)
+            .saturating_sub(n);
+        crate::metrics::audit_queue_depth(d);
+    }
+
     fn fail(&mut self, batch: &mut Vec<String>) {
         self.sink.healthy.store(false, Ordering::Release);
         let n = batch.len();
         if n > 0 {
-            let d = self
-                .sink
-                .depth
-                .fetch_sub(n, Ordering::AcqRel)
-                .saturating_sub(n);
-            crate::metrics::audit_queue_depth(d);
+            self.dequeued(n);
             self.sink.lost(n as u64, "write_failed");
             batch.clear();
         }
