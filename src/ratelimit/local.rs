@@ -1,5 +1,5 @@
-//! Local (per-process) counters on pingora-limits: a sliding-window [`Rate`] estimator per
-//! policy and an [`Inflight`] counter for `max_inflight`. Called from `request_filter` through
+//! Local (per-process) counters on pingora-limits: sliding-window counts on two count-min
+//! [`Estimator`]s per policy, and an [`Inflight`] counter for `max_inflight`. Called from `request_filter` through
 //! [`super::acquire`]; never blocks and never allocates beyond the key.
 //!
 //! Counters live in a process-wide registry keyed by what they count (policy name, window,
@@ -7,28 +7,40 @@
 //! gets the same counters back, so nobody's bucket refills because routes were edited.
 
 use super::{Window, WindowCounts};
+use pingora_limits::estimator::Estimator;
 use pingora_limits::inflight::{Guard, Inflight};
-use pingora_limits::rate::Rate;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 /// Rows of the count-min sketch. Four is pingora-limits' own choice; more rows lower the
 /// false-positive rate at high key counts but cost one more hash per row on every check.
 pub const SKETCH_HASHES: usize = 4;
 
-/// The sliding-window counters of one policy.
+/// The sliding-window counters of one policy: two pingora-limits count-min [`Estimator`]s used
+/// in turn, one per fixed window, each tagged with the window it holds.
+///
+/// Not pingora-limits' own `Rate`: its window reset computes `now - last_reset` on values read
+/// at different moments, which underflows when another thread resets in between (a panic in
+/// debug builds). Here every index comes from one clock read, and windows are aligned to the
+/// counters' creation rather than to the first request after a pause, so `Retry-After` holds.
 pub struct LocalCounters {
-    rate: Rate,
+    slots: [Estimator; 2],
+    /// Window index + 1 held by each slot (0: never used).
+    tags: [AtomicU64; 2],
+    epoch: Instant,
+    interval_ms: u64,
     window: Window,
     /// Sketch columns, for the docs and the FP figures.
-    pub slots: usize,
+    pub columns: usize,
 }
 
 impl std::fmt::Debug for LocalCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalCounters")
             .field("window", &self.window)
-            .field("slots", &self.slots)
+            .field("columns", &self.columns)
             .finish()
     }
 }
@@ -36,67 +48,112 @@ impl std::fmt::Debug for LocalCounters {
 /// Columns for an expected number of distinct keys per window. The sketch over-counts a key
 /// by the events of keys that share all of its cells; with `n` keys of one event each in `w`
 /// columns, a key at its limit is wrongly refused with probability `(1 - e^(-n/w))^4`. 2.6
-/// columns per key keeps that near 1 % (measured in `tests/ratelimit.rs`).
+/// columns per key keeps that near 1 % (measured in the unit test below).
 pub fn slots_for(expected_keys: u64) -> usize {
     let want = (expected_keys as f64 * 2.6).ceil() as usize;
     want.clamp(1024, 1 << 24).next_power_of_two()
 }
 
+/// Where a request was counted, to take it back from the same window.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted(u64);
+
 impl LocalCounters {
-    fn new(window: Window, slots: usize) -> LocalCounters {
+    fn new(window: Window, columns: usize) -> LocalCounters {
         LocalCounters {
-            rate: Rate::new_with_estimator_config(window.interval, SKETCH_HASHES, slots),
+            slots: [
+                Estimator::new(SKETCH_HASHES, columns),
+                Estimator::new(SKETCH_HASHES, columns),
+            ],
+            // Slot 0 starts out holding window 0: fresh counters need no clearing, and
+            // clearing while the first requests count would lose their counts.
+            tags: [AtomicU64::new(1), AtomicU64::new(0)],
+            epoch: Instant::now(),
+            interval_ms: (window.interval.as_millis() as u64).max(1),
             window,
-            slots,
+            columns,
+        }
+    }
+
+    /// The current window index and the elapsed fraction of it, from one clock read.
+    fn now(&self) -> (u64, f64) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        (
+            ms / self.interval_ms,
+            (ms % self.interval_ms) as f64 / self.interval_ms as f64,
+        )
+    }
+
+    /// The slot for window `idx`, cleared first if it still holds an older window. Counts
+    /// added by other threads while the clearing runs (≈ 1 ms for the default sketch) can be
+    /// lost, at most once per window — the same trade-off as pingora-limits' own `Rate`.
+    fn slot(&self, idx: u64) -> &Estimator {
+        let s = (idx % 2) as usize;
+        let tag = idx + 1;
+        let held = self.tags[s].load(Ordering::Acquire);
+        if held < tag
+            && self.tags[s]
+                .compare_exchange(held, tag, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.slots[s].reset();
+        }
+        &self.slots[s]
+    }
+
+    /// The previous window's count for `key`, if the other slot holds exactly that window.
+    fn prev(&self, idx: u64, key: &[u8]) -> isize {
+        let Some(p) = idx.checked_sub(1) else {
+            return 0;
+        };
+        let s = (p % 2) as usize;
+        if self.tags[s].load(Ordering::Acquire) == p + 1 {
+            self.slots[s].get(key)
+        } else {
+            0
         }
     }
 
     /// Count one request if it fits under the limit; a refused request is taken back out so
     /// that callers who keep hammering do not keep themselves locked out forever.
     ///
-    /// Exact under concurrency: each increment returns a distinct running total, so the k-th
-    /// admitted request saw a total of at least k, and none is admitted past the limit.
-    pub fn acquire(&self, key: &[u8]) -> (bool, WindowCounts) {
-        let curr = self.rate.observe(&key, 1);
-        let (prev, frac) = self.prev_and_fraction(key);
+    /// For a key alone in its sketch cells this is exact under concurrency: each increment
+    /// returns a distinct running total, so the k-th admitted request saw a total of at least
+    /// k, and none is admitted past the limit.
+    pub fn acquire(&self, key: &[u8]) -> (bool, WindowCounts, Counted) {
+        let (idx, frac) = self.now();
+        let slot = self.slot(idx);
+        let curr = slot.incr(key, 1);
         let counts = WindowCounts {
-            prev: prev.max(0) as u64,
+            prev: self.prev(idx, key).max(0) as u64,
             curr: curr.max(0) as u64,
             frac,
         };
         if self.window.weighted(&counts) > self.window.limit as f64 {
-            self.rate.observe(&key, -1);
+            slot.decr(key, 1);
             let curr = counts.curr.saturating_sub(1);
-            return (false, WindowCounts { curr, ..counts });
+            return (false, WindowCounts { curr, ..counts }, Counted(idx));
         }
-        (true, counts)
+        (true, counts, Counted(idx))
     }
 
-    /// Put back one request taken by [`acquire`](Self::acquire) (a later policy refused it).
-    pub fn release(&self, key: &[u8]) {
-        self.rate.observe(&key, -1);
+    /// Put back one request taken by [`acquire`](Self::acquire) (a later policy refused it),
+    /// from the window it was counted in; if that window has been reused since, nothing.
+    pub fn release(&self, key: &[u8], at: Counted) {
+        let s = (at.0 % 2) as usize;
+        if self.tags[s].load(Ordering::Acquire) == at.0 + 1 {
+            self.slots[s].decr(key, 1);
+        }
     }
 
-    /// Counts without adding (for `count: auth_failures` policies).
+    /// Counts without adding.
     pub fn peek(&self, key: &[u8]) -> WindowCounts {
-        let (prev, curr, frac) = self.rate.rate_with(&key, |c| {
-            (c.prev_samples, c.curr_samples, c.current_interval_fraction)
-        });
+        let (idx, frac) = self.now();
         WindowCounts {
-            prev: prev.max(0) as u64,
-            curr: curr.max(0) as u64,
+            prev: self.prev(idx, key).max(0) as u64,
+            curr: self.slot(idx).get(key).max(0) as u64,
             frac,
         }
-    }
-
-    /// Add one event unconditionally (a failed authentication).
-    pub fn add(&self, key: &[u8]) {
-        self.rate.observe(&key, 1);
-    }
-
-    fn prev_and_fraction(&self, key: &[u8]) -> (isize, f64) {
-        self.rate
-            .rate_with(&key, |c| (c.prev_samples, c.current_interval_fraction))
     }
 }
 
@@ -185,9 +242,10 @@ mod tests {
     #[test]
     fn release_gives_a_slot_back() {
         let c = LocalCounters::new(window(1, 60), 1024);
-        assert!(c.acquire(b"k").0);
+        let (ok, _, at) = c.acquire(b"k");
+        assert!(ok);
         assert!(!c.acquire(b"k").0);
-        c.release(b"k");
+        c.release(b"k", at);
         assert!(c.acquire(b"k").0);
     }
 

@@ -332,7 +332,7 @@ pub enum LimitKind {
 
 /// What one policy counted for this request, to take back if a later one refuses.
 enum Taken {
-    Local(Arc<local::LocalCounters>, Vec<u8>),
+    Local(Arc<local::LocalCounters>, Vec<u8>, local::Counted),
     Redis(Arc<redis::RedisBackend>, String, i64),
     Lease(Arc<lease::Lease>),
 }
@@ -340,7 +340,7 @@ enum Taken {
 fn undo(taken: Vec<Taken>) {
     for t in taken {
         match t {
-            Taken::Local(c, key) => c.release(&key),
+            Taken::Local(c, key, at) => c.release(&key, at),
             Taken::Redis(b, key, idx) => b.release(key, idx),
             Taken::Lease(l) => l.give_back(),
         }
@@ -426,8 +426,10 @@ async fn check_rate(
 
 fn local_verdict(c: &Arc<local::LocalCounters>, key: &[u8]) -> Verdict {
     match c.acquire(key) {
-        (true, counts) => Verdict::Allowed(counts, Some(Taken::Local(c.clone(), key.to_vec()))),
-        (false, counts) => Verdict::Limited(counts),
+        (true, counts, at) => {
+            Verdict::Allowed(counts, Some(Taken::Local(c.clone(), key.to_vec(), at)))
+        }
+        (false, counts, _) => Verdict::Limited(counts),
     }
 }
 
