@@ -72,7 +72,7 @@ pub enum Reject {
         /// Seconds, for `Retry-After`.
         retry_after: u64,
         /// `RateLimit-Policy` and `RateLimit` items (rate limits only).
-        policy_item: Option<String>,
+        policy_item: Option<Arc<str>>,
         rate_item: Option<String>,
     },
 }
@@ -219,7 +219,7 @@ pub fn response_header(
     {
         h.insert_header("retry-after", retry_after.to_string())?;
         if let (Some(p), Some(r)) = (policy_item, rate_item) {
-            h.insert_header("ratelimit-policy", p.as_str())?;
+            h.insert_header("ratelimit-policy", &**p)?;
             h.insert_header("ratelimit", r.as_str())?;
         }
     }

@@ -9,22 +9,11 @@
 //! deleting or reordering lines breaks `prev` and the per-instance sequence. Without the HMAC
 //! key, someone who can write the file could recompute the SHA-256 chain; with it, they cannot.
 
-use pingora::tls::hash::{Hasher, MessageDigest};
+use crate::auth::api_key::{hex, sha256};
 use std::collections::HashMap;
 
 pub const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const HASH_FIELD: &str = ",\"hash\":\"";
-
-fn sha256(parts: &[&[u8]]) -> Option<[u8; 32]> {
-    let mut h = Hasher::new(MessageDigest::sha256()).ok()?;
-    for p in parts {
-        h.update(p).ok()?;
-    }
-    let d = h.finish().ok()?;
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&d);
-    Some(out)
-}
 
 /// Written (and compared) when OpenSSL cannot hash: never equal to a real 64-hex hash, so
 /// such a record fails verification instead of passing with a constant.
@@ -34,31 +23,22 @@ const NO_HASH: &str = "hash-unavailable";
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Option<[u8; 32]> {
     let mut k = [0u8; 64];
     if key.len() > 64 {
-        k[..32].copy_from_slice(&sha256(&[key])?);
+        k[..32].copy_from_slice(&sha256(key)?);
     } else {
         k[..key.len()].copy_from_slice(key);
     }
-    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = sha256(&[&ipad, data])?;
-    sha256(&[&opad, &inner])
-}
-
-pub fn hex(b: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(HEX[(x >> 4) as usize] as char);
-        s.push(HEX[(x & 15) as usize] as char);
-    }
-    s
+    let mut inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    inner.extend_from_slice(data);
+    let mut outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    outer.extend_from_slice(&sha256(&inner)?);
+    sha256(&outer)
 }
 
 /// Hash of the bytes a line's `hash` covers.
 pub fn digest(key: Option<&[u8]>, covered: &[u8]) -> String {
     let d = match key {
         Some(k) => hmac_sha256(k, covered),
-        None => sha256(&[covered]),
+        None => sha256(covered),
     };
     d.map_or_else(|| NO_HASH.to_string(), |d| hex(&d))
 }

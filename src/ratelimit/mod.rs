@@ -177,7 +177,7 @@ pub struct LimitPolicy {
     /// Add `RateLimit` headers to allowed responses.
     pub headers: bool,
     /// `RateLimit-Policy` item for this policy, precomputed.
-    pub policy_item: String,
+    pub policy_item: Arc<str>,
     /// IPv6 client addresses are bucketed per prefix of this length (default 64).
     pub ipv6_prefix: u8,
 }
@@ -314,7 +314,7 @@ pub struct RequestLimits {
     /// Concurrency slots held until the request ends (dropped with the context).
     pub guards: Vec<pingora_limits::inflight::Guard>,
     /// `(RateLimit-Policy item, RateLimit item)` for allowed responses.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(Arc<str>, String)>,
     /// A shadow policy that would have refused the request (for the audit record).
     pub shadow_limited: Option<Arc<str>>,
     /// The policy that refused the request.
@@ -597,7 +597,7 @@ pub fn add_response_headers(
     if state.headers.is_empty() {
         return Ok(());
     }
-    let policies: Vec<&str> = state.headers.iter().map(|(p, _)| p.as_str()).collect();
+    let policies: Vec<&str> = state.headers.iter().map(|(p, _)| &**p).collect();
     let limits: Vec<&str> = state.headers.iter().map(|(_, l)| l.as_str()).collect();
     resp.insert_header("ratelimit-policy", policies.join(", "))?;
     resp.insert_header("ratelimit", limits.join(", "))?;
@@ -692,7 +692,7 @@ mod tests {
             count: LimitCount::Requests,
             shadow: false,
             headers: false,
-            policy_item: String::new(),
+            policy_item: "".into(),
             ipv6_prefix: 64,
         };
         let headers = http::HeaderMap::new();

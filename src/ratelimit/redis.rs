@@ -257,9 +257,7 @@ impl RedisBackend {
         s.push('{');
         s.push_str(policy);
         s.push(':');
-        for b in &digest[..16] {
-            s.push_str(&format!("{b:02x}"));
-        }
+        s.push_str(&crate::auth::api_key::hex(&digest[..16]));
         s.push('}');
         s
     }

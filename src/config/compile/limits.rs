@@ -359,9 +359,10 @@ fn rate_limit(
     let inflight = l.max_inflight.map(|max| {
         ratelimit::local::inflight(format!("{name}|inflight|{max}|{key:?}|{fallback:?}"), max)
     });
-    let policy_item = window
+    let policy_item: Arc<str> = window
         .map(|w| ratelimit::policy_item(name, &w))
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into();
     Some(LimitPolicy {
         name: name.into(),
         key,
