@@ -1,5 +1,5 @@
 //! Admin listener (`server.admin`, default 127.0.0.1:9100): `/metrics`, `/healthz`,
-//! `/readyz`. A separate Pingora service on its own address, so none of it is ever reachable
+//! `/readyz`, `/config`. A separate Pingora service on its own address, so none of it is ever reachable
 //! through a proxy listener (the config compiler also refuses a shared port).
 
 use crate::state::GatewayState;
@@ -45,6 +45,8 @@ impl ServeHttp for AdminApp {
                 crate::metrics::encode(),
             ),
             "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            // What is being served and how the last reload went (see `reload::ConfigStatus`).
+            "/config" => json(StatusCode::OK, self.state.config_status.load().to_json()),
             "/readyz" => {
                 let snap = self.state.snapshot.load();
                 // Ready once upstream health checks and every JWKS URL had a first round.

@@ -1,4 +1,4 @@
-//! The `portcullis` command: `run`, `check`, `echo`. Thin by design: parse the CLI, load the
+//! The `portcullis` command: `run`, `check`, `reload`, `upgrade`, `keygen`, `audit verify`, `echo`. Thin by design: parse the CLI, load the
 //! config, hand over to `server::run`.
 #![forbid(unsafe_code)]
 
@@ -41,6 +41,25 @@ enum Command {
     Check {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Reload the running instance: check the file, send SIGHUP to the pid in
+    /// `server.pid_file`, and wait for the instance to report the result (exit 1 if rejected).
+    Reload {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// How long to wait for the instance's answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
+    /// Upgrade the running instance to the binary now installed at the path it was started
+    /// from: check the config, send SIGUSR2 to the pid in `server.pid_file`, and wait until the
+    /// new process holds the sockets and the old one has drained and exited.
+    Upgrade {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// How long to wait for the new process to take over.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
     },
     /// Print a new random API key and the config line that stores only its SHA-256.
     Keygen {
@@ -166,6 +185,20 @@ fn main() -> ExitCode {
                     strict,
                 },
         } => audit_verify(&files, hmac_key_env, hmac_key_file, strict),
+        Command::Reload {
+            config,
+            timeout_secs,
+        } => print_outcome(portcullis::reload::signal_running(
+            &config,
+            std::time::Duration::from_secs(timeout_secs),
+        )),
+        Command::Upgrade {
+            config,
+            timeout_secs,
+        } => print_outcome(portcullis::upgrade::upgrade_running(
+            &config,
+            std::time::Duration::from_secs(timeout_secs),
+        )),
         Command::Keygen { id, consumer } => {
             let (key, sha) = portcullis::auth::api_key::generate();
             println!("key: {key}");
@@ -189,6 +222,21 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn print_outcome(outcome: Result<String, Vec<String>>) -> ExitCode {
+    match outcome {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(lines) => {
+            for l in &lines {
+                eprintln!("error: {l}");
+            }
+            ExitCode::FAILURE
         }
     }
 }

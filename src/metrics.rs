@@ -21,6 +21,10 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     healthy_targets: IntGaugeVec,
     config_generation: IntGauge,
+    config_reloads: IntCounterVec,
+    config_last_success: prometheus::Gauge,
+    config_last_ok: IntGauge,
+    config_restart_required: IntGauge,
     auth_attempts: IntCounterVec,
     jwks_fetches: IntCounterVec,
     jwks_keys: IntGaugeVec,
@@ -92,6 +96,29 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let config_generation = IntGauge::new(
         "portcullis_config_generation",
         "Generation of the configuration snapshot being served (1 = loaded at start)",
+    )?;
+    let config_reloads = IntCounterVec::new(
+        Opts::new(
+            "portcullis_config_reloads_total",
+            "Config reload attempts by result (ok, rejected)",
+        ),
+        &["result"],
+    )?;
+    // Both series exist from the start, so `increase(...{result="rejected"}[5m])` alerts work.
+    for r in ["ok", "rejected"] {
+        config_reloads.with_label_values(&[r]);
+    }
+    let config_last_success = prometheus::Gauge::new(
+        "portcullis_config_last_reload_success_timestamp_seconds",
+        "Unix time the snapshot being served was loaded (start or last successful reload)",
+    )?;
+    let config_last_ok = IntGauge::new(
+        "portcullis_config_last_reload_successful",
+        "1 when the last reload attempt succeeded (or none was made), 0 when it was rejected",
+    )?;
+    let config_restart_required = IntGauge::new(
+        "portcullis_config_restart_required",
+        "1 when the config file changes settings that only an upgrade or restart applies (listeners, threads, audit)",
     )?;
     let auth_attempts = IntCounterVec::new(
         Opts::new(
@@ -220,6 +247,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(upstream_errors.clone()))?;
     registry.register(Box::new(healthy_targets.clone()))?;
     registry.register(Box::new(config_generation.clone()))?;
+    registry.register(Box::new(config_reloads.clone()))?;
+    registry.register(Box::new(config_last_success.clone()))?;
+    registry.register(Box::new(config_last_ok.clone()))?;
+    registry.register(Box::new(config_restart_required.clone()))?;
     registry.register(Box::new(auth_attempts.clone()))?;
     registry.register(Box::new(jwks_fetches.clone()))?;
     registry.register(Box::new(jwks_keys.clone()))?;
@@ -248,6 +279,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         upstream_errors,
         healthy_targets,
         config_generation,
+        config_reloads,
+        config_last_success,
+        config_last_ok,
+        config_restart_required,
         auth_attempts,
         jwks_fetches,
         jwks_keys,
@@ -399,6 +434,24 @@ pub fn upstream_error(pool: &str, target: &str, kind: &str) {
 pub fn set_healthy_targets(pool: &str, n: usize) {
     if let Some(m) = get() {
         m.healthy_targets.with_label_values(&[pool]).set(n as i64);
+    }
+}
+
+/// At start and after every reload attempt: whether the last attempt succeeded, when the
+/// snapshot being served was loaded, whether the file waits for a restart.
+pub fn config_reload(ok: bool, loaded_at: f64, restart_required: bool) {
+    if let Some(m) = get() {
+        m.config_last_success.set(loaded_at);
+        m.config_last_ok.set(i64::from(ok));
+        m.config_restart_required.set(i64::from(restart_required));
+    }
+}
+
+pub fn config_reload_attempt(ok: bool) {
+    if let Some(m) = get() {
+        m.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "rejected" }])
+            .inc();
     }
 }
 

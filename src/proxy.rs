@@ -100,6 +100,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let conn = conn_facts(session);
         gateway::identify(session.req_header(), &conn, ctx);
+        crate::upgrade::close_when_handing_over(session);
         Ok(())
     }
 

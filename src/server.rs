@@ -1,6 +1,6 @@
 //! Builds and runs the Pingora server from a compiled [`Config`]: the proxy service on every
-//! `server.listen` address, the admin service, the upstream health service and the SIGHUP
-//! reload service.
+//! `server.listen` address, the admin service, and the background services (upstream health,
+//! JWKS, Redis, audit writer, config reload).
 
 use crate::admin::AdminApp;
 use crate::config::{self, Config};
@@ -33,12 +33,13 @@ pub fn check_bind(addr: &str) -> Result<(), String> {
 pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     let p = &config.process;
     if !opts.upgrade {
-        // On --upgrade the old process still holds the proxy sockets and hands them over.
+        // On --upgrade the old process still holds the proxy and admin sockets and hands them
+        // over (Pingora matches them by address).
         for l in &p.listeners {
             check_bind(&l.addr.to_string())?;
         }
+        check_bind(&p.admin.to_string())?;
     }
-    check_bind(&p.admin.to_string())?;
 
     let conf = ServerConf {
         threads: p.threads,
@@ -56,21 +57,26 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
         daemon: opts.daemon,
         ..Opt::default()
     };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // With --upgrade this waits for the old process to hand its sockets over (and exits 1 if
+    // none arrive), so the pid file below changes only once this process holds them.
+    server.bootstrap();
     if !opts.daemon {
-        // Pingora writes the pid file only when it daemonizes; operators (and `kill -HUP
-        // "$(cat pid_file)"`) need it in the foreground too.
+        // Pingora writes the pid file only when it daemonizes; operators (and `portcullis
+        // reload`, `kill -HUP "$(cat pid_file)"`) need it in the foreground too.
         std::fs::write(&p.pid_file, format!("{}\n", std::process::id()))
             .map_err(|e| format!("server.pid_file: cannot write {}: {e}", p.pid_file))?;
     }
-    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
-    server.bootstrap();
 
     let audit = p
         .audit
         .clone()
         .map(|a| crate::audit::Audit::new(a, crate::audit::new_instance_id()));
-    let state = GatewayState::new(config.snapshot, audit);
+    let relaunch = crate::upgrade::Relaunch::capture(&opts.config_path);
+    let status = crate::reload::ConfigStatus::new(relaunch.config.clone(), config.source_sha256);
+    let state = GatewayState::new(config.snapshot, audit, status);
     let process = config.process;
+    let process_upgrade_sock = process.upgrade_sock.clone();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -130,10 +136,19 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     ));
     server.add_service(background_service(
         "config reload",
-        ReloadService {
+        crate::reload::ReloadService {
             state: state.clone(),
             path: opts.config_path,
             process,
+        },
+    ));
+    server.add_service(background_service(
+        "binary upgrade",
+        crate::upgrade::UpgradeService {
+            state: state.clone(),
+            relaunch,
+            upgrade_sock: PathBuf::from(&process_upgrade_sock),
+            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
         },
     ));
     log::info!("portcullis {} starting", env!("CARGO_PKG_VERSION"));
@@ -220,64 +235,4 @@ fn tls_settings(tls: &config::ListenerTls) -> Result<TlsSettings, String> {
     };
     settings.enable_h2();
     Ok(settings)
-}
-
-/// Reloads the config on SIGHUP. Pingora does not handle SIGHUP (its default action would kill
-/// the process), so this must be installed before anyone is told to send it. A config that
-/// fails to compile changes nothing; listener and process settings need an upgrade.
-struct ReloadService {
-    state: Arc<GatewayState>,
-    path: PathBuf,
-    process: config::ProcessSettings,
-}
-
-#[async_trait]
-impl BackgroundService for ReloadService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot install SIGHUP handler: {e}");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = hup.recv() => self.reload().await,
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
-
-impl ReloadService {
-    async fn reload(&self) {
-        let path = self.path.clone();
-        // Compiling resolves target names and reads files: keep it off the worker threads.
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
-        match loaded {
-            Ok(Ok(cfg)) => {
-                for w in &cfg.warnings {
-                    log::warn!("config: {w}");
-                }
-                if cfg.process != self.process {
-                    log::warn!(
-                        "config reload: server listeners/admin/threads/process settings changed; they take effect only after a binary upgrade or restart"
-                    );
-                }
-                let g = self.state.publish(cfg.snapshot);
-                log::info!(
-                    "config reloaded from {}: generation {g}",
-                    self.path.display()
-                );
-            }
-            Ok(Err(e)) => {
-                for line in e.lines() {
-                    log::error!("config reload rejected: {line}");
-                }
-            }
-            Err(e) => log::error!("config reload task failed: {e}"),
-        }
-    }
 }

@@ -192,3 +192,49 @@ fn risky_settings_are_warned_about() {
         "{err}"
     );
 }
+
+#[test]
+fn the_systemd_unit_runs_commands_that_exist() {
+    let unit =
+        std::fs::read_to_string(repo_root().join("conf/systemd/portcullis.service")).unwrap();
+    for needed in [
+        "Type=notify",
+        "NotifyAccess=all",
+        "RuntimeDirectoryMode=0700",
+    ] {
+        assert!(unit.contains(needed), "{needed}");
+    }
+    let shipped = repo_root().join("conf/portcullis.yaml");
+    let shipped = shipped.to_str().unwrap();
+    let mut seen = Vec::new();
+    for line in unit.lines().filter(|l| l.starts_with("Exec")) {
+        let (key, cmd) = line.split_once('=').unwrap();
+        let mut words: Vec<&str> = cmd.split_whitespace().collect();
+        assert_eq!(words[0], "/usr/local/bin/portcullis", "{line}");
+        // Same arguments against the shipped config: the subcommand and flags must parse.
+        for w in words.iter_mut() {
+            if *w == "/etc/portcullis/portcullis.yaml" {
+                *w = shipped;
+            }
+        }
+        let sub = words[1];
+        let (code, _, err) = if sub == "check" {
+            run_cli(&words[1..])
+        } else {
+            run_cli(&[sub, "--help"])
+        };
+        assert_eq!(code, 0, "{line}: {err}");
+        seen.push((key.to_string(), sub.to_string()));
+    }
+    assert!(
+        seen.contains(&("ExecReload".into(), "reload".into())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&("ExecStart".into(), "run".into())),
+        "{seen:?}"
+    );
+    let (code, out, _) = run_cli(&["upgrade", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("SIGUSR2"), "{out}");
+}

@@ -14,7 +14,7 @@ use arc_swap::ArcSwapOption;
 use jsonwebtoken::Algorithm;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -185,10 +185,7 @@ impl pingora::services::background::BackgroundService for JwksService {
     }
 }
 
-fn registry() -> &'static Mutex<HashMap<String, Weak<RemoteJwks>>> {
-    static R: OnceLock<Mutex<HashMap<String, Weak<RemoteJwks>>>> = OnceLock::new();
-    R.get_or_init(|| Mutex::new(HashMap::new()))
-}
+static REMOTES: crate::carry::Registry<RemoteJwks> = crate::carry::Registry::new();
 
 /// The shared state for `url` (config load only; takes a lock, never on the request path).
 pub fn remote_for(
@@ -198,18 +195,8 @@ pub fn remote_for(
     refresh: Duration,
     min_refetch: Duration,
 ) -> Arc<RemoteJwks> {
-    let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-    reg.retain(|_, w| w.strong_count() > 0);
     // Same URL and same algorithm allow-list: reuse (keys survive reloads).
-    let key = format!("{url}|{algorithms:?}");
-    if let Some(r) = reg.get(&key).and_then(Weak::upgrade) {
-        r.refresh
-            .store(refresh.as_millis() as u64, Ordering::Relaxed);
-        r.min_refetch
-            .store(min_refetch.as_millis() as u64, Ordering::Relaxed);
-        return r;
-    }
-    let r = Arc::new(RemoteJwks {
+    let (r, reused) = REMOTES.shared(format!("{url}|{algorithms:?}"), || RemoteJwks {
         url: url.to_string(),
         label: label.into(),
         algorithms: algorithms.to_vec(),
@@ -224,7 +211,12 @@ pub fn remote_for(
         fetched: Notify::new(),
         next_in_ms: AtomicU64::new(0),
     });
-    reg.insert(key, Arc::downgrade(&r));
+    if reused {
+        r.refresh
+            .store(refresh.as_millis() as u64, Ordering::Relaxed);
+        r.min_refetch
+            .store(min_refetch.as_millis() as u64, Ordering::Relaxed);
+    }
     r
 }
 

@@ -63,8 +63,9 @@ pub struct JwtAuth {
     pub static_keys: KeySet,
     /// Keys from a JWKS URL, fetched in the background.
     pub remote: Option<Arc<RemoteJwks>>,
-    /// Verified-token cache (None when `token_cache: 0`).
-    pub cache: Option<TokenCache>,
+    /// Verified-token cache (None when `token_cache: 0`); shared across reloads, see
+    /// [`JwtAuth::keep_cache_of`].
+    pub cache: Option<Arc<TokenCache>>,
     validation: Validation,
 }
 
@@ -98,6 +99,8 @@ pub struct CachedToken {
     exp: u64,
     key_generation: u64,
 }
+
+static TOKEN_CACHES: crate::carry::Registry<TokenCache> = crate::carry::Registry::new();
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,6 +162,7 @@ impl TokenCache {
 }
 
 /// Everything configurable about a JWT authenticator besides its keys.
+#[derive(Debug)]
 pub struct JwtOptions {
     pub issuer: Option<String>,
     pub audiences: Vec<String>,
@@ -373,9 +377,24 @@ impl JwtAuth {
             policy_claims,
             static_keys: KeySet::new(keys),
             remote,
-            cache: (cache_entries > 0).then(|| TokenCache::new(cache_entries)),
+            cache: (cache_entries > 0).then(|| Arc::new(TokenCache::new(cache_entries))),
             validation,
         }
+    }
+
+    /// Share the verified-token cache with a live authenticator of the same `definition`
+    /// (everything that decides whether a token verifies and which principal it yields: the
+    /// options, a digest of the key material, the JWKS source), so an unchanged authenticator
+    /// keeps its cache across a reload. Any change gives it an empty cache.
+    pub fn keep_cache_of(mut self, definition: &str) -> JwtAuth {
+        if let Some(c) = &self.cache {
+            let capacity = c.capacity;
+            let id = crate::auth::api_key::sha256(definition.as_bytes())
+                .map(|d| crate::auth::api_key::hex(&d))
+                .unwrap_or_else(|| definition.to_string());
+            self.cache = Some(TOKEN_CACHES.shared(id, || TokenCache::new(capacity)).0);
+        }
+        self
     }
 
     /// Verify (through the cache), and on an unknown `kid` with a JWKS URL, ask for a refetch

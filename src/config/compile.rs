@@ -101,6 +101,7 @@ pub fn compile(raw: &RawConfig, base: &Path) -> Result<Config, Vec<Issue>> {
     Ok(Config {
         warnings: cx.warnings,
         process,
+        source_sha256: String::new(),
         snapshot: Snapshot {
             generation: 0,
             router,
@@ -189,6 +190,7 @@ fn process_settings(cx: &mut Ctx, raw: &RawConfig) -> ProcessSettings {
             .graceful_shutdown_timeout
             .map_or(Duration::from_secs(5), |d| d.0),
         audit: raw.audit.as_ref().and_then(|a| audit::settings(cx, a, raw)),
+        watch_config: s.watch_config,
     }
 }
 
@@ -455,6 +457,14 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         }
     }
     let mut keys: Vec<JwtKey> = Vec::new();
+    // Digests of every key source read, for the token cache's identity (see keep_cache_of).
+    let mut material = String::new();
+    let mut digest = |bytes: &[u8]| {
+        if let Some(d) = crate::auth::api_key::sha256(bytes) {
+            material.push_str(&crate::auth::api_key::hex(&d));
+            material.push(',');
+        }
+    };
     for (i, k) in j.keys.iter().enumerate() {
         let kp = format!("{path}.keys[{i}].pem_file");
         let Some(file) = cx.file(&kp, &k.pem_file) else {
@@ -462,8 +472,10 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         };
         match std::fs::read(&file)
             .map_err(|e| e.to_string())
-            .and_then(|pem| jwtmod::key_from_pem(&pem, k.kid.clone()))
-        {
+            .and_then(|pem| {
+                digest(&pem);
+                jwtmod::key_from_pem(&pem, k.kid.clone())
+            }) {
             Ok(key) => keys.push(key),
             Err(e) => cx.err(&kp, format!("{}: {e}", file.display())),
         }
@@ -473,8 +485,10 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         if let Some(file) = cx.file(&fp, f) {
             match std::fs::read(&file)
                 .map_err(|e| e.to_string())
-                .and_then(|doc| jwtmod::keys_from_jwks(&doc, &algorithms))
-            {
+                .and_then(|doc| {
+                    digest(&doc);
+                    jwtmod::keys_from_jwks(&doc, &algorithms)
+                }) {
                 Ok(ks) => keys.extend(ks),
                 Err(e) => cx.err(&fp, format!("{}: {e}", file.display())),
             }
@@ -484,6 +498,7 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         let sp = format!("{path}.hmac_secret");
         let bytes = secret_bytes(cx, &sp, sec);
         if let Some(b) = bytes {
+            digest(&b);
             if b.len() < 32 {
                 cx.err(&sp, "the secret must be at least 32 bytes (RFC 7518 §3.2)");
             } else {
@@ -601,7 +616,12 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
     o.forward_claims = j.forward_claims.clone();
     o.required_claims = j.required_claims.clone();
     o.policy_claims = cx.policy_claims.clone();
-    Some(JwtAuth::new(name, o, keys, remote))
+    let definition = format!(
+        "{name}|{o:?}|{material}|{:?}|{:?}",
+        keys.iter().map(|k| (&k.kid, k.alg)).collect::<Vec<_>>(),
+        remote.as_ref().map(|r| Arc::as_ptr(r) as usize)
+    );
+    Some(JwtAuth::new(name, o, keys, remote).keep_cache_of(&definition))
 }
 
 /// Characters allowed in values that end up in identity headers (consumer, scopes, groups).
@@ -741,7 +761,7 @@ fn pools(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, Arc<Pool>> {
             continue;
         }
         if let Some(spec) = pool_spec(cx, &path, name, u) {
-            out.insert(name.clone(), Arc::new(Pool::build(spec)));
+            out.insert(name.clone(), Pool::shared(spec));
         }
     }
     out

@@ -81,6 +81,44 @@ pub struct ProcessSettings {
     pub graceful_shutdown_timeout: Duration,
     /// The audit trail (read at start like the listeners: its file and writer are per process).
     pub audit: Option<AuditSettings>,
+    /// Poll the config file and reload when it changes.
+    pub watch_config: bool,
+}
+
+impl ProcessSettings {
+    /// The YAML sections that differ from `other`: these are fixed for the life of a process
+    /// (sockets, threads, the audit writer) and take effect only after an upgrade or restart.
+    pub fn restart_needed(&self, other: &ProcessSettings) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.listeners != other.listeners {
+            out.push("server.listen");
+        }
+        if self.admin != other.admin {
+            out.push("server.admin");
+        }
+        if self.threads != other.threads {
+            out.push("server.threads");
+        }
+        if self.pid_file != other.pid_file {
+            out.push("server.pid_file");
+        }
+        if self.upgrade_sock != other.upgrade_sock {
+            out.push("server.upgrade_sock");
+        }
+        if self.grace_period != other.grace_period {
+            out.push("server.grace_period");
+        }
+        if self.graceful_shutdown_timeout != other.graceful_shutdown_timeout {
+            out.push("server.graceful_shutdown_timeout");
+        }
+        if self.watch_config != other.watch_config {
+            out.push("server.watch_config");
+        }
+        if self.audit != other.audit {
+            out.push("audit");
+        }
+        out
+    }
 }
 
 /// Bytes that must never be printed (`Debug` shows only their length).
@@ -137,6 +175,8 @@ pub struct Config {
     pub warnings: Vec<Issue>,
     pub process: ProcessSettings,
     pub snapshot: Snapshot,
+    /// Hex SHA-256 of the YAML text this was compiled from (shown by the admin `/config`).
+    pub source_sha256: String,
 }
 
 /// Read, parse and compile a config file.
@@ -152,7 +192,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parse and compile YAML text; relative file paths in it are resolved against `base`.
 pub fn load_str(text: &str, base: &Path) -> Result<Config, ConfigError> {
     let raw = parse(text)?;
-    compile::compile(&raw, base).map_err(ConfigError::Invalid)
+    let mut config = compile::compile(&raw, base).map_err(ConfigError::Invalid)?;
+    config.source_sha256 = crate::auth::api_key::sha256(text.as_bytes())
+        .map(|d| crate::auth::api_key::hex(&d))
+        .unwrap_or_default();
+    Ok(config)
 }
 
 /// Parse YAML into the raw structs. serde_yaml_ng reports the YAML path of the failing node

@@ -180,6 +180,9 @@ pub struct RawServer {
     pub grace_period: Option<DurationStr>,
     /// Hard stop for the final shutdown of services after the grace period.
     pub graceful_shutdown_timeout: Option<DurationStr>,
+    /// Reload by itself when the config file changes (polled every second). Default false.
+    #[serde(default)]
+    pub watch_config: bool,
     /// Which header a trusted proxy uses to pass the client address. Default `x_forwarded_for`.
     #[serde(default)]
     pub client_ip_header: ClientIpHeader,

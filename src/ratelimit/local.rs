@@ -9,9 +9,8 @@
 use super::{Window, WindowCounts};
 use pingora_limits::estimator::Estimator;
 use pingora_limits::inflight::{Guard, Inflight};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Rows of the count-min sketch. Four is pingora-limits' own choice; more rows lower the
@@ -179,43 +178,22 @@ impl LocalInflight {
     }
 }
 
-type Registry<T> = Mutex<HashMap<String, Weak<T>>>;
-
-fn counters_registry() -> &'static Registry<LocalCounters> {
-    static R: OnceLock<Registry<LocalCounters>> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
-fn inflight_registry() -> &'static Registry<LocalInflight> {
-    static R: OnceLock<Registry<LocalInflight>> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
-fn shared<T>(reg: &Registry<T>, id: String, make: impl FnOnce() -> T) -> Arc<T> {
-    // Only config compilation comes here, never a request.
-    let mut map = reg.lock().unwrap_or_else(|p| p.into_inner());
-    map.retain(|_, w| w.strong_count() > 0);
-    if let Some(existing) = map.get(&id).and_then(Weak::upgrade) {
-        return existing;
-    }
-    let fresh = Arc::new(make());
-    map.insert(id, Arc::downgrade(&fresh));
-    fresh
-}
+static COUNTERS: crate::carry::Registry<LocalCounters> = crate::carry::Registry::new();
+static INFLIGHT: crate::carry::Registry<LocalInflight> = crate::carry::Registry::new();
 
 /// The counters for a policy definition: the existing ones if a live snapshot already has
 /// this exact definition (`id`), fresh ones otherwise.
 pub fn counters(id: String, window: Window, slots: usize) -> Arc<LocalCounters> {
-    shared(counters_registry(), id, || {
-        LocalCounters::new(window, slots)
-    })
+    COUNTERS.shared(id, || LocalCounters::new(window, slots)).0
 }
 
 pub fn inflight(id: String, max: u32) -> Arc<LocalInflight> {
-    shared(inflight_registry(), id, || LocalInflight {
-        inflight: Inflight::new(),
-        max,
-    })
+    INFLIGHT
+        .shared(id, || LocalInflight {
+            inflight: Inflight::new(),
+            max,
+        })
+        .0
 }
 
 #[cfg(test)]

@@ -162,7 +162,18 @@ where
     lb
 }
 
+static POOLS: crate::carry::Registry<Pool> = crate::carry::Registry::new();
+
 impl Pool {
+    /// The pool for `spec`: the live one when a published snapshot has exactly this
+    /// definition (a reload keeps its targets' health, its health-check schedule and its
+    /// round-robin position), a new one otherwise. A changed pool starts with every target
+    /// healthy until its first check, like a pool at start.
+    pub fn shared(spec: PoolSpec) -> Arc<Pool> {
+        let definition = format!("{spec:?}|{:?}", spec.tls.as_ref().map(|t| t.ca_digest));
+        POOLS.shared(definition, || Pool::build(spec)).0
+    }
+
     pub fn build(spec: PoolSpec) -> Pool {
         let name: Arc<str> = spec.name.as_str().into();
         let backends: BTreeSet<Backend> = spec

@@ -175,6 +175,16 @@ impl Gateway {
 
     /// Like [`Gateway::start`] with extra `- addr: ...` entries under `server.listen`.
     pub fn start_with(extra_listeners: &str, server_extra: &str, body: &str) -> Gateway {
+        Self::start_edited(extra_listeners, server_extra, body, |t| t)
+    }
+
+    /// Like [`Gateway::start_with`], with the config text passed through `edit` first.
+    pub fn start_edited(
+        extra_listeners: &str,
+        server_extra: &str,
+        body: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let admin_port = free_port();
@@ -187,7 +197,7 @@ impl Gateway {
             body,
         );
         let config = dir.path().join("portcullis.yaml");
-        std::fs::write(&config, text).expect("write config");
+        std::fs::write(&config, edit(text)).expect("write config");
         let cfg = config.to_string_lossy().into_owned();
         let mut proc = spawn(&["run", "-c", &cfg], &dir.path().join("gateway.log"));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -512,4 +522,221 @@ pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Respo
     }
     raw.push_str("\r\n");
     request(addr, raw.as_bytes())
+}
+
+/// One kind of request a [`Load`] sends, with the statuses it may get.
+#[derive(Clone)]
+pub struct LoadReq {
+    pub kind: &'static str,
+    pub raw: Vec<u8>,
+    pub allowed: Vec<u16>,
+}
+
+impl LoadReq {
+    /// A keep-alive GET with extra headers.
+    pub fn get(
+        kind: &'static str,
+        path: &str,
+        headers: &[(&str, &str)],
+        allowed: &[u16],
+    ) -> LoadReq {
+        let mut raw = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for (k, v) in headers {
+            raw.push_str(&format!("{k}: {v}\r\n"));
+        }
+        raw.push_str("\r\n");
+        LoadReq {
+            kind,
+            raw: raw.into_bytes(),
+            allowed: allowed.to_vec(),
+        }
+    }
+}
+
+/// What a [`Load`] saw.
+#[derive(Default, Debug)]
+pub struct LoadStats {
+    /// Responses received.
+    pub responses: u64,
+    /// (kind, status) -> count.
+    pub statuses: std::collections::BTreeMap<(String, u16), u64>,
+    /// Connection failures and unexpected statuses, with details (first 20 kept).
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    /// Requests re-sent on a fresh connection because a reused keep-alive connection was closed
+    /// by the server before any byte of the answer (RFC 9112 §9.3.1; what every HTTP client does
+    /// for idempotent requests). A second failure counts as an error.
+    pub stale_retries: u64,
+    /// `x-request-id` of every response (from the header, or the echo's view of it).
+    pub request_ids: Vec<String>,
+}
+
+impl LoadStats {
+    fn error(&mut self, e: String) {
+        self.errors += 1;
+        if self.error_samples.len() < 20 {
+            self.error_samples.push(e);
+        }
+    }
+    fn merge(&mut self, o: LoadStats) {
+        self.responses += o.responses;
+        for (k, v) in o.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        self.errors += o.errors;
+        for e in o.error_samples {
+            if self.error_samples.len() < 20 {
+                self.error_samples.push(e);
+            }
+        }
+        self.stale_retries += o.stale_retries;
+        self.request_ids.extend(o.request_ids);
+    }
+}
+
+/// A steady load on keep-alive connections: `clients` threads, each sending the next request
+/// kind every `interval`, until stopped.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<LoadStats>>,
+}
+
+/// Read one response from a keep-alive connection. `Ok(None)`: closed before any byte.
+fn read_one(s: &mut TcpStream, head: bool) -> Result<Option<Response>, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(format!("closed mid-response after {} bytes", buf.len())),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(r) = parse_response(&buf, head) {
+                    return Ok(Some(r));
+                }
+            }
+            Err(e)
+                if buf.is_empty()
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(format!("read: {e} after {} bytes", buf.len())),
+        }
+    }
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize, interval: Duration, reqs: Vec<LoadReq>) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|c| {
+                let stop = stop.clone();
+                let reqs = reqs.clone();
+                std::thread::spawn(move || {
+                    let mut st = LoadStats::default();
+                    let mut conn: Option<TcpStream> = None;
+                    let mut i = c;
+                    // Bounded: at most 10 minutes whatever the caller does.
+                    let hard_stop = Instant::now() + Duration::from_secs(600);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && Instant::now() < hard_stop
+                    {
+                        let req = &reqs[i % reqs.len()];
+                        i += 1;
+                        let mut attempt = 0;
+                        let outcome = loop {
+                            let reused = conn.is_some();
+                            let mut s = match conn.take() {
+                                Some(s) => s,
+                                None => {
+                                    match TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                                    {
+                                        Ok(s) => {
+                                            s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                                            s.set_nodelay(true).ok();
+                                            s
+                                        }
+                                        Err(e) => break Err(format!("connect: {e}")),
+                                    }
+                                }
+                            };
+                            let sent = s.write_all(&req.raw);
+                            let got = match sent {
+                                Ok(()) => read_one(&mut s, false),
+                                Err(e) if reused => {
+                                    let _ = e;
+                                    Ok(None)
+                                }
+                                Err(e) => Err(format!("write: {e}")),
+                            };
+                            match got {
+                                Ok(Some(r)) => {
+                                    let close = r
+                                        .header("connection")
+                                        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                                    if !close {
+                                        conn = Some(s);
+                                    }
+                                    break Ok(r);
+                                }
+                                Ok(None) if reused && attempt == 0 => {
+                                    attempt += 1;
+                                    st.stale_retries += 1;
+                                    continue;
+                                }
+                                Ok(None) => break Err("connection closed before any answer".into()),
+                                Err(e) => break Err(e),
+                            }
+                        };
+                        match outcome {
+                            Ok(r) => {
+                                st.responses += 1;
+                                *st.statuses
+                                    .entry((req.kind.to_string(), r.status))
+                                    .or_default() += 1;
+                                if !req.allowed.contains(&r.status) {
+                                    st.error(format!(
+                                        "{}: unexpected {} {}",
+                                        req.kind,
+                                        r.status,
+                                        r.text()
+                                    ));
+                                }
+                                let id =
+                                    r.header("x-request-id").map(str::to_string).or_else(|| {
+                                        serde_json::from_slice::<serde_json::Value>(&r.body)
+                                            .ok()
+                                            .and_then(|j| {
+                                                j["headers"]["x-request-id"][0]
+                                                    .as_str()
+                                                    .map(str::to_string)
+                                            })
+                                    });
+                                if let Some(id) = id {
+                                    st.request_ids.push(id);
+                                }
+                            }
+                            Err(e) => st.error(format!("{}: {e}", req.kind)),
+                        }
+                        std::thread::sleep(interval);
+                    }
+                    st
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    pub fn stop(self) -> LoadStats {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = LoadStats::default();
+        for t in self.threads {
+            all.merge(t.join().expect("load thread"));
+        }
+        all
+    }
 }

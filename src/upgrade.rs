@@ -1,0 +1,283 @@
+//! Zero-downtime binary upgrade, started from inside the running process (the nginx way), so
+//! the new process inherits its cgroup, its stdout/stderr and its supervisor:
+//!
+//! 1. SIGUSR2 (sent by `portcullis upgrade` or `systemctl kill -s USR2`) reaches the "binary
+//!    upgrade" background service, never a request phase.
+//! 2. The config file is compiled first; an invalid one aborts the upgrade and changes nothing.
+//! 3. The binary at the path this process was started from (where the new version has been
+//!    installed) is spawned as `run -c CONFIG --upgrade`. It waits on `server.upgrade_sock`.
+//! 4. Once that socket exists, this process sends itself SIGQUIT: Pingora hands every
+//!    listening socket (proxy and admin) over, keeps accepting for a few seconds, then drains
+//!    in-flight requests for `grace_period` and exits. The audit queue is flushed after that.
+//! 5. The new process writes the pid file once it holds the sockets, and tells systemd
+//!    (`MAINPID=`, `READY=1`) once its SIGHUP handler is installed.
+//!
+//! If the new process exits before taking over (bad binary, bad config), this one keeps serving
+//! and the failure is logged and shown on the admin `/config`.
+//!
+//! Also the client side, `portcullis upgrade`, and the systemd readiness notification.
+
+use crate::state::GatewayState;
+use async_trait::async_trait;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::services::background::BackgroundService;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Set once this process has started handing its sockets to a successor (SIGQUIT, from
+/// SIGUSR2 or sent directly). Pingora keeps accepting for a few seconds after that and only
+/// then drops idle keep-alive connections; answering `Connection: close` from the start of the
+/// hand-over moves busy keep-alive clients to a fresh connection (served by either process)
+/// before that, so fewer of them meet a connection closed under a request just sent.
+static HANDING_OVER: AtomicBool = AtomicBool::new(false);
+
+/// `early_request_filter`: no keep-alive once the hand-over has begun.
+pub fn close_when_handing_over(session: &mut pingora::proxy::Session) {
+    if HANDING_OVER.load(Ordering::Relaxed) {
+        session.set_keepalive(None);
+    }
+}
+
+/// How long the new process may take to start listening on the upgrade socket.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What this process was started as, captured at start (before any chdir or binary swap):
+/// the executable path as invoked and the config path, both absolute.
+#[derive(Debug, Clone)]
+pub struct Relaunch {
+    pub exe: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Relaunch {
+    pub fn capture(config: &Path) -> Relaunch {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        // argv[0], not /proc/self/exe: after the new version is installed over the old file,
+        // /proc/self/exe names the deleted old inode.
+        let argv0 = std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("portcullis"));
+        let exe = if argv0.components().count() > 1 && argv0.is_relative() {
+            cwd.join(argv0)
+        } else {
+            argv0
+        };
+        Relaunch {
+            exe,
+            config: cwd.join(config),
+        }
+    }
+}
+
+pub struct UpgradeService {
+    pub state: Arc<GatewayState>,
+    pub relaunch: Relaunch,
+    pub upgrade_sock: PathBuf,
+    /// Pingora's execution phases (`Server::watch_execution_phase`), to see a hand-over begin
+    /// however SIGQUIT was sent. Taken when the service starts.
+    pub phases: Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+}
+
+#[async_trait]
+impl BackgroundService for UpgradeService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr2 = match signal(SignalKind::user_defined2()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot install SIGUSR2 handler (binary upgrade): {e}");
+                return;
+            }
+        };
+        let mut phases = self.phases.lock().ok().and_then(|mut p| p.take());
+        loop {
+            tokio::select! {
+                phase = async { match phases.as_mut() { Some(p) => p.recv().await.ok(), None => std::future::pending().await } } => {
+                    match phase {
+                        Some(ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                            HANDING_OVER.store(true, Ordering::Relaxed);
+                        }
+                        Some(_) => {}
+                        // Closed or lagged: stop listening, keep serving SIGUSR2.
+                        None => phases = None,
+                    }
+                }
+                _ = usr2.recv() => {
+                    if HANDING_OVER.load(Ordering::Relaxed) {
+                        log::warn!("SIGUSR2 ignored: this process is already handing over to a successor");
+                        continue;
+                    }
+                    let relaunch = self.relaunch.clone();
+                    let sock = self.upgrade_sock.clone();
+                    // Spawning and waiting for the socket are blocking calls.
+                    let outcome = tokio::task::spawn_blocking(move || start_successor(&relaunch, &sock))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("upgrade task failed: {e}")));
+                    match outcome {
+                        Ok(pid) => {
+                            log::info!("binary upgrade: pid {pid} is taking the listening sockets over; this process drains and exits");
+                            self.state.set_upgrade(Some(pid), None);
+                            HANDING_OVER.store(true, Ordering::Relaxed);
+                            if let Err(e) = nix::sys::signal::raise(nix::sys::signal::Signal::SIGQUIT) {
+                                log::error!("binary upgrade: cannot raise SIGQUIT: {e}");
+                            }
+                        }
+                        Err(e) => {
+                            log::error!("binary upgrade aborted, still serving: {e}");
+                            self.state.set_upgrade(None, Some(e));
+                        }
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Check the config, spawn the new binary with `--upgrade` and wait until it listens on the
+/// upgrade socket. Returns its pid.
+fn start_successor(r: &Relaunch, sock: &Path) -> Result<u32, String> {
+    crate::config::load(&r.config).map_err(|e| {
+        format!(
+            "{} is invalid: {}",
+            r.config.display(),
+            e.lines().join("; ")
+        )
+    })?;
+    // A socket file left by an earlier upgrade would look like a ready successor.
+    match std::fs::remove_file(sock) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot remove stale {}: {e}", sock.display())),
+    }
+    let mut child = std::process::Command::new(&r.exe)
+        .arg("run")
+        .arg("-c")
+        .arg(&r.config)
+        .arg("--upgrade")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", r.exe.display()))?;
+    let deadline = Instant::now() + SPAWN_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{} exited with {status} before taking the sockets over",
+                r.exe.display()
+            ));
+        }
+        if sock.exists() {
+            // Bound; give it a moment to reach listen(). Pingora's sender retries anyway.
+            std::thread::sleep(Duration::from_millis(100));
+            return Ok(child.id());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "{} did not open {} within {SPAWN_TIMEOUT:?}",
+                r.exe.display(),
+                sock.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is a running process (a zombie waiting for its parent counts as gone).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// Tell systemd (`Type=notify`, `NotifyAccess=all`) that this process is ready and is the
+/// service's main process. Called once the listening sockets are held, so during an upgrade
+/// systemd follows the new process. A no-op outside systemd.
+pub fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let msg = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let sent = (|| -> std::io::Result<()> {
+        use std::os::unix::net::UnixDatagram;
+        let sock = UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(msg.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(msg.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        log::warn!("cannot notify systemd at {path:?}: {e}");
+    }
+}
+
+/// `portcullis upgrade`: check the config with this binary, send SIGUSR2 to the instance named
+/// by the pid file, and wait until a new pid answers on the admin `/config` and the old process
+/// has exited. Returns the line to print.
+pub fn upgrade_running(path: &Path, timeout: Duration) -> Result<String, Vec<String>> {
+    let one = |s: String| vec![s];
+    let (cfg, pid, before) = crate::reload::running_instance(path)?;
+    let old = nix::unistd::Pid::from_raw(pid);
+    let failures_before = before["upgrade"]["failures"].as_u64().unwrap_or(0);
+    nix::sys::signal::kill(old, nix::sys::signal::Signal::SIGUSR2)
+        .map_err(|e| one(format!("cannot signal pid {pid}: {e}")))?;
+    let admin = cfg.process.admin;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    // Phase 1: a new process answers on the (handed-over) admin socket.
+    let new_pid = loop {
+        if Instant::now() > deadline {
+            return Err(one(format!(
+                "no new process took over within {timeout:?} (see the gateway log)"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let Ok(now) = crate::reload::admin_config(admin) else {
+            continue;
+        };
+        match now["pid"].as_i64() {
+            Some(p) if p != i64::from(pid) => break p,
+            _ => {}
+        }
+        if now["upgrade"]["failures"].as_u64().unwrap_or(0) > failures_before {
+            return Err(one(format!(
+                "upgrade aborted, pid {pid} is still serving: {}",
+                now["upgrade"]["last_error"]
+                    .as_str()
+                    .unwrap_or("unknown error")
+            )));
+        }
+    };
+    let took_over = started.elapsed();
+    // Phase 2: the old process drains (grace period) and exits.
+    let drain_limit = cfg.process.grace_period + cfg.process.graceful_shutdown_timeout;
+    let drain_deadline = Instant::now() + drain_limit + Duration::from_secs(15);
+    while alive(pid) {
+        if Instant::now() > drain_deadline {
+            return Err(one(format!(
+                "pid {new_pid} took over, but the old pid {pid} is still running after {:?}",
+                drain_limit + Duration::from_secs(15)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(format!(
+        "upgraded: pid {pid} -> {new_pid} (took over in {:.1} s; old process drained and exited after {:.1} s)",
+        took_over.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ))
+}
