@@ -10,6 +10,12 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n" > server.ext
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 36500 \
   -extfile server.ext -out server.pem 2>/dev/null
+# A second server certificate from the same CA (certificate rotation on reload).
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -subj "/CN=rotated.localhost" -keyout server2.key -out server2.csr 2>/dev/null
+printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n" > server2.ext
+openssl x509 -req -in server2.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 36500 \
+  -extfile server2.ext -out server2.pem 2>/dev/null
 # A second, unrelated CA: upstream verification against it must fail.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500 \
   -subj "/CN=Unrelated CA" -keyout other-ca.key -out other-ca.pem 2>/dev/null
@@ -23,5 +29,5 @@ openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500 \
   -subj "/CN=alice" -addext "subjectAltName=URI:spiffe://portcullis.test/alice" \
   -keyout rogue-client.key -out rogue-client.pem 2>/dev/null
-rm -f server.csr server.ext client.csr client.ext ca.srl other-ca.key
+rm -f server.csr server.ext server2.csr server2.ext client.csr client.ext ca.srl other-ca.key
 echo "regenerated $(pwd)"

@@ -32,5 +32,6 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;

@@ -25,6 +25,7 @@ pub struct Metrics {
     config_last_success: prometheus::Gauge,
     config_last_ok: IntGauge,
     config_restart_required: IntGauge,
+    tls_cert_expiry: IntGaugeVec,
     auth_attempts: IntCounterVec,
     jwks_fetches: IntCounterVec,
     jwks_keys: IntGaugeVec,
@@ -119,6 +120,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let config_restart_required = IntGauge::new(
         "portcullis_config_restart_required",
         "1 when the config file changes settings that only an upgrade or restart applies (listeners, threads, audit)",
+    )?;
+    let tls_cert_expiry = IntGaugeVec::new(
+        Opts::new(
+            "portcullis_tls_certificate_expiry_timestamp_seconds",
+            "Unix time the certificate a TLS listener serves expires (alert on this minus time())",
+        ),
+        &["listener"],
     )?;
     let auth_attempts = IntCounterVec::new(
         Opts::new(
@@ -251,6 +259,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(config_last_success.clone()))?;
     registry.register(Box::new(config_last_ok.clone()))?;
     registry.register(Box::new(config_restart_required.clone()))?;
+    registry.register(Box::new(tls_cert_expiry.clone()))?;
     registry.register(Box::new(auth_attempts.clone()))?;
     registry.register(Box::new(jwks_fetches.clone()))?;
     registry.register(Box::new(jwks_keys.clone()))?;
@@ -283,6 +292,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         config_last_success,
         config_last_ok,
         config_restart_required,
+        tls_cert_expiry,
         auth_attempts,
         jwks_fetches,
         jwks_keys,
@@ -444,6 +454,14 @@ pub fn config_reload(ok: bool, loaded_at: f64, restart_required: bool) {
         m.config_last_success.set(loaded_at);
         m.config_last_ok.set(i64::from(ok));
         m.config_restart_required.set(i64::from(restart_required));
+    }
+}
+
+pub fn tls_cert_expiry(listener: &str, not_after: i64) {
+    if let Some(m) = get() {
+        m.tls_cert_expiry
+            .with_label_values(&[listener])
+            .set(not_after);
     }
 }
 

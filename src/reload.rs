@@ -115,6 +115,10 @@ impl ConfigStatus {
             "reloads": { "attempts": self.attempts(), "ok": self.reloads_ok, "rejected": self.reloads_rejected },
             "last_reload": last,
             "restart_needed": self.restart_needed,
+            "tls": crate::tls::all_stores().iter().map(|st| {
+                let c = st.current();
+                serde_json::json!({"listener": st.addr.to_string(), "sha256": c.fingerprint, "not_after": c.not_after})
+            }).collect::<Vec<_>>(),
             "upgrade": {
                 "failures": self.upgrade_failures,
                 "last_error": self.upgrade_last_error,
@@ -143,11 +147,14 @@ pub async fn reload(
     let loaded = tokio::task::spawn_blocking(move || config::load(&p))
         .await
         .map_err(|e| vec![format!("reload task failed: {e}")])
-        .and_then(|r| r.map_err(|e| e.lines()));
+        .and_then(|r| r.map_err(|e| e.lines()))
+        // New certificate files of running TLS listeners are part of the reload: loaded now,
+        // swapped in with the snapshot, or the whole reload is rejected.
+        .and_then(|cfg| crate::tls::prepare(&cfg.process.listeners).map(|r| (cfg, r)));
     let mut status = (**state.config_status.load()).clone();
     let running_generation = status.generation;
     let result = match loaded {
-        Ok(cfg) => {
+        Ok((cfg, certs)) => {
             for w in &cfg.warnings {
                 log::warn!("config: {w}");
             }
@@ -158,6 +165,7 @@ pub async fn reload(
                     status.restart_needed.join(", ")
                 );
             }
+            certs.apply();
             let g = state.publish(cfg.snapshot);
             status.generation = g;
             status.loaded_at = unix_now();

@@ -3,12 +3,11 @@
 //! JWKS, Redis, audit writer, config reload).
 
 use crate::admin::AdminApp;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::proxy::Gateway;
 use crate::state::GatewayState;
 use crate::upstream::health::HealthService;
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -90,7 +89,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
         match &l.tls {
             None => proxy.add_tcp(&addr),
             Some(tls) => {
-                let settings = tls_settings(tls)
+                let settings = crate::tls::settings(l.addr, tls)
                     .map_err(|e| format!("server.listen {addr}: TLS setup failed: {e}"))?;
                 proxy.add_tls_with_settings(&addr, None, settings);
             }
@@ -154,12 +153,46 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     log::info!("portcullis {} starting", env!("CARGO_PKG_VERSION"));
     // `run` returns once every runtime has stopped (after the grace period): the logging phase
     // of every request that got an answer has run, so the audit queue can be drained now.
-    server.run(pingora::server::RunArgs::default());
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(ShutdownSignals),
+    });
     if let Some(a) = &state.audit {
         a.sink.close(std::time::Duration::from_secs(10));
     }
     log::info!("portcullis stopped");
     std::process::exit(0)
+}
+
+/// Pingora's signals, except that SIGINT drains like SIGTERM (Pingora's default exits at once,
+/// cutting off requests in flight): SIGQUIT hands the sockets to a new process and drains,
+/// SIGTERM and SIGINT stop accepting and drain for `grace_period`. SIGKILL is the hard stop.
+struct ShutdownSignals;
+
+#[async_trait]
+impl pingora::server::ShutdownSignalWatch for ShutdownSignals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use pingora::server::ShutdownSignal;
+        use tokio::signal::unix::{signal, SignalKind};
+        async fn on(kind: SignalKind, name: &str) {
+            match signal(kind) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    log::error!("cannot install the {name} handler: {e}");
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+        tokio::select! {
+            _ = on(SignalKind::quit(), "SIGQUIT") => ShutdownSignal::GracefulUpgrade,
+            _ = on(SignalKind::terminate(), "SIGTERM") => ShutdownSignal::GracefulTerminate,
+            _ = on(SignalKind::interrupt(), "SIGINT") => {
+                log::info!("SIGINT received: draining like SIGTERM");
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
 }
 
 /// Starts the audit writer thread (here, not before `run`: Pingora may fork to daemonize and
@@ -195,44 +228,4 @@ impl BackgroundService for AuditService {
             }
         }
     }
-}
-
-/// TLS 1.2+ (Mozilla "intermediate"), ALPN h2 and http/1.1; with `client_ca`, client
-/// certificates are verified against it during the handshake and their identity is extracted
-/// once per connection (see `auth::mtls`).
-fn tls_settings(tls: &config::ListenerTls) -> Result<TlsSettings, String> {
-    use pingora::tls::ssl::{SslFiletype, SslVerifyMode};
-    let cert = tls.cert.to_string_lossy();
-    let key = tls.key.to_string_lossy();
-    let mut settings = match &tls.client_auth {
-        None => TlsSettings::intermediate(&cert, &key).map_err(|e| e.to_string())?,
-        Some((ca, mode)) => {
-            let mut s =
-                TlsSettings::with_callbacks(Box::new(crate::auth::mtls::ClientCertExtractor))
-                    .map_err(|e| e.to_string())?;
-            s.set_certificate_chain_file(&*cert)
-                .map_err(|e| e.to_string())?;
-            s.set_private_key_file(&*key, SslFiletype::PEM)
-                .map_err(|e| e.to_string())?;
-            s.check_private_key().map_err(|e| e.to_string())?;
-            s.set_ca_file(ca).map_err(|e| e.to_string())?;
-            // Tell clients which CAs are accepted.
-            if let Ok(names) = pingora::tls::x509::X509Name::load_client_ca_file(ca) {
-                s.set_client_ca_list(names);
-            }
-            // Required by OpenSSL for session resumption when client certificates are verified.
-            s.set_session_id_context(b"portcullis")
-                .map_err(|e| e.to_string())?;
-            let verify = match mode {
-                config::raw::ClientAuth::Optional => SslVerifyMode::PEER,
-                config::raw::ClientAuth::Required => {
-                    SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT
-                }
-            };
-            s.set_verify(verify);
-            s
-        }
-    };
-    settings.enable_h2();
-    Ok(settings)
 }

@@ -533,10 +533,17 @@ fn alive(pid: i32) -> bool {
 }
 
 fn slow_request(addr: std::net::SocketAddr) -> std::thread::JoinHandle<Result<Response, String>> {
+    slow_request_ms(addr, 2000)
+}
+
+fn slow_request_ms(
+    addr: std::net::SocketAddr,
+    ms: u64,
+) -> std::thread::JoinHandle<Result<Response, String>> {
     std::thread::spawn(move || {
         try_request(
             addr,
-            b"GET /api/slow HTTP/1.1\r\nHost: a\r\nx-echo-delay-ms: 2000\r\nConnection: close\r\n\r\n",
+            format!("GET /api/slow HTTP/1.1\r\nHost: a\r\nx-echo-delay-ms: {ms}\r\nConnection: close\r\n\r\n").as_bytes(),
         )
     })
 }
@@ -735,6 +742,23 @@ fn systemd_readiness_and_main_pid_follow_an_upgrade() {
     let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     assert_eq!(get(admin_addr, "/config").json()["pid"], new_pid);
     assert_eq!(get(addr, "/api/x").status, 200);
+
+    // SIGINT drains like SIGTERM: the request in flight completes (within the 1 s grace).
+    let in_flight = slow_request_ms(addr, 700);
+    std::thread::sleep(Duration::from_millis(300));
+    std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {new_pid}")])
+        .status()
+        .unwrap();
+    let r = in_flight
+        .join()
+        .unwrap()
+        .expect("request in flight at SIGINT");
+    assert_eq!(r.status, 200);
+    assert!(
+        eventually(Duration::from_secs(15), || !alive(new_pid)),
+        "still running after SIGINT"
+    );
 }
 
 #[test]
@@ -775,4 +799,79 @@ fn an_upgrade_to_a_config_that_does_not_compile_is_aborted() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("-> {new_pid}")), "{out}");
     assert_eq!(gw.get("/api/x").status, 200);
+}
+
+/// The subject of the certificate a TLS listener serves (curl's handshake report).
+fn served_subject(port: u16) -> String {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sv",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            &fixture("tls/ca.pem"),
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            &format!("https://localhost:{port}/api/x"),
+        ])
+        .output()
+        .expect("curl");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err.lines()
+        .find_map(|l| l.trim_start_matches(['*', ' ']).strip_prefix("subject: "))
+        .unwrap_or_else(|| panic!("no subject in {err}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn tls_certificates_rotate_on_reload_without_new_sockets() {
+    let e = Echo::start("e");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let install = |name: &str| {
+        std::fs::copy(fixture(&format!("tls/{name}.pem")), &cert).unwrap();
+        std::fs::copy(fixture(&format!("tls/{name}.key")), &key).unwrap();
+    };
+    install("server");
+    let port = free_port();
+    let listener = format!(
+        "    - addr: \"127.0.0.1:{port}\"\n      tls: {{ cert: \"{}\", key: \"{}\" }}\n",
+        cert.display(),
+        key.display()
+    );
+    let gw = Gateway::start_with(&listener, "", &simple_body(&e));
+    assert_eq!(served_subject(port), "CN=localhost");
+    let expiry = format!(
+        "portcullis_tls_certificate_expiry_timestamp_seconds{{listener=\"127.0.0.1:{port}\"}}"
+    );
+    assert!(gw.metric(&expiry) > 4.0e9);
+    let first = config_status(&gw)["tls"][0]["sha256"].clone();
+
+    // A key that does not belong to the certificate: rejected, the old pair keeps serving.
+    std::fs::copy(fixture("tls/server2.key"), &key).unwrap();
+    gw.proc.signal("HUP");
+    let s = wait_attempt(&gw, 0);
+    assert_eq!(s["last_reload"]["result"], "rejected");
+    let errors = s["last_reload"]["errors"].to_string();
+    assert!(
+        errors.contains("server.listen[1].tls:")
+            && errors.contains("does not belong to the certificate"),
+        "{errors}"
+    );
+    assert_eq!(served_subject(port), "CN=localhost");
+
+    // The new pair: served by the next handshake, same socket, nothing waits for a restart.
+    install("server2");
+    gw.proc.signal("HUP");
+    let s = wait_attempt(&gw, 1);
+    assert_eq!(s["last_reload"]["result"], "ok", "{s}");
+    assert_eq!(s["restart_needed"].as_array().unwrap().len(), 0, "{s}");
+    assert_ne!(s["tls"][0]["sha256"], first);
+    assert_eq!(served_subject(port), "CN=rotated.localhost");
+    assert!(gw
+        .proc
+        .log_text()
+        .contains(&format!("TLS 127.0.0.1:{port}: serving a new certificate")));
 }

@@ -264,9 +264,14 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener) -> Option<Listener> {
                 Some((file, mode.unwrap_or(super::raw::ClientAuth::Optional)))
             }
         };
+        let (cert, key) = (cert?, key?);
+        if let Err(e) = crate::tls::load_pair(&cert, &key) {
+            cx.err(format!("{path}.tls"), e);
+            return None;
+        }
         Some(ListenerTls {
-            cert: cert?,
-            key: key?,
+            cert,
+            key,
             client_auth,
         })
     });

@@ -90,7 +90,15 @@ impl ProcessSettings {
     /// (sockets, threads, the audit writer) and take effect only after an upgrade or restart.
     pub fn restart_needed(&self, other: &ProcessSettings) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.listeners != other.listeners {
+        // Certificate and key files are reloaded in place (`tls::prepare`); everything else
+        // about a listener is its socket or its TLS context.
+        let sockets = |s: &ProcessSettings| {
+            s.listeners
+                .iter()
+                .map(|l| (l.addr, l.tls.as_ref().map(|t| t.client_auth.clone())))
+                .collect::<Vec<_>>()
+        };
+        if sockets(self) != sockets(other) {
             out.push("server.listen");
         }
         if self.admin != other.admin {
