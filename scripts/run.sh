@@ -39,6 +39,8 @@ Portcullis is running on http://127.0.0.1:8080 (admin on 127.0.0.1:9100). Try:
   curl -s http://127.0.0.1:9100/metrics | grep portcullis_requests_total
   tail -n 2 /tmp/portcullis-demo-audit.jsonl                 # the audit trail, one record per request
   target/release/portcullis audit verify /tmp/portcullis-demo-audit.jsonl
+  target/release/portcullis reload -c conf/portcullis.yaml    # reloaded: generation 2
+  curl -s http://127.0.0.1:9100/config                        # generation, config hash, last reload
 
 Press Ctrl-C to stop.
 TXT
