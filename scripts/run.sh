@@ -9,7 +9,12 @@ BIN=${CARGO_TARGET_DIR:-target}/release/portcullis
 $BIN check -c conf/portcullis.yaml
 
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+# After `portcullis upgrade` the gateway is a new process, named by the pid file.
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  [ -f /tmp/portcullis-demo.pid ] && kill "$(cat /tmp/portcullis-demo.pid)" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
 trap cleanup EXIT INT TERM
 
 $BIN echo --listen 127.0.0.1:9001 --name echo-1 & pids+=($!)
