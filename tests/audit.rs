@@ -365,7 +365,8 @@ fn sigterm_during_load_leaves_a_record_for_every_answered_request() {
     assert_eq!(verify(&[&s.file], Some(&s.key)).0, 0);
 }
 
-/// SIGINT stops at once: requests still in flight are cancelled, and each still gets a record.
+/// Requests still in flight when the grace period ends (5-second requests, 1 s grace, SIGINT
+/// draining like SIGTERM) are cancelled, and each still gets a record.
 #[test]
 fn requests_cancelled_by_a_fast_shutdown_are_recorded() {
     let mut s = setup("");
