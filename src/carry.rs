@@ -35,6 +35,20 @@ impl<T> Registry<T> {
     }
 }
 
+impl<T> Registry<T> {
+    /// Every object some snapshot still holds, with its definition.
+    pub fn live(&self) -> Vec<(String, Arc<T>)> {
+        let map = self
+            .0
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter_map(|(k, w)| w.upgrade().map(|t| (k.clone(), t)))
+            .collect()
+    }
+}
+
 impl<T> Default for Registry<T> {
     fn default() -> Self {
         Self::new()

@@ -150,6 +150,20 @@ fn main() -> ExitCode {
             upgrade,
             daemon,
         } => {
+            if upgrade {
+                // Written by the process being upgraded (SIGUSR2): continue its local
+                // rate-limit counters. Must come before the config compiles them.
+                if let Some(path) = std::env::var_os(portcullis::ratelimit::local::HANDOVER_ENV) {
+                    match portcullis::ratelimit::local::import(std::path::Path::new(&path)) {
+                        Ok(n) => log::info!(
+                            "continuing {n} local rate-limit polic(ies) from the previous process"
+                        ),
+                        Err(e) => {
+                            log::warn!("local rate limits start from zero: hand-over file {e}")
+                        }
+                    }
+                }
+            }
             let loaded = match portcullis::config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {

@@ -20,6 +20,7 @@ use crate::state::GatewayState;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -128,6 +129,36 @@ impl ConfigStatus {
     }
 }
 
+/// Parser errors quote the offending YAML value (`invalid type: string "…"`), which may be a
+/// secret put in the wrong place. What the log and `/config` keep says where and what kind,
+/// never the value. (`portcullis check` and `reload` print the full text to the operator.)
+pub fn redact(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find("string \"") {
+        let start = i + "string \"".len();
+        out.push_str(&rest[..i]);
+        out.push_str("string (value not shown)");
+        // Skip to the closing quote (serde escapes inner quotes).
+        let tail = &rest[start..];
+        let mut end = tail.len();
+        let mut escaped = false;
+        for (j, c) in tail.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = j + 1;
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -147,7 +178,7 @@ pub async fn reload(
     let loaded = tokio::task::spawn_blocking(move || config::load(&p))
         .await
         .map_err(|e| vec![format!("reload task failed: {e}")])
-        .and_then(|r| r.map_err(|e| e.lines()))
+        .and_then(|r| r.map_err(|e| e.lines().iter().map(|l| redact(l)).collect()))
         // New certificate files of running TLS listeners are part of the reload: loaded now,
         // swapped in with the snapshot, or the whole reload is rejected.
         .and_then(|cfg| crate::tls::prepare(&cfg.process.listeners).map(|r| (cfg, r)));
@@ -286,8 +317,21 @@ impl BackgroundService for ReloadService {
                 return;
             }
         };
-        // Ready for systemd only now: a `systemctl reload` before the handler exists would
-        // kill the process. After an upgrade systemd follows this process from here on.
+        // Ready for systemd only once every signal we answer has a handler (tokio installs the
+        // process-wide handler on first registration and keeps it): before that, SIGHUP or
+        // SIGUSR2 would kill the process. After an upgrade systemd follows this process from
+        // here on.
+        for kind in [
+            SignalKind::user_defined1(),
+            SignalKind::user_defined2(),
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::quit(),
+        ] {
+            if let Err(e) = signal(kind) {
+                log::error!("cannot install a signal handler: {e}");
+            }
+        }
         crate::upgrade::notify_ready();
         let mut watcher = Watcher {
             applied: stamp(&self.path),
@@ -400,8 +444,10 @@ pub(crate) fn running_instance(
     let admin = cfg.process.admin;
     let before = admin_config(admin)
         .map_err(|e| one(format!("admin {admin}: {e} (is the gateway running?)")))?;
-    // A stale pid file could name an unrelated process: only signal the one that says it
-    // is the gateway behind this admin address.
+    // A stale or planted pid file could name an unrelated process: only signal a `portcullis
+    // run` process owned by the pid file's owner that says, on this admin address, it is
+    // that pid.
+    check_is_gateway(pid, Path::new(pid_file)).map_err(one)?;
     if before["pid"].as_i64() != Some(i64::from(pid)) {
         return Err(one(format!(
             "{pid_file} names pid {pid} but the gateway on {admin} is pid {}; not signalling",
@@ -409,6 +455,35 @@ pub(crate) fn running_instance(
         )));
     }
     Ok((cfg, pid, before))
+}
+
+fn check_is_gateway(pid: i32, pid_file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map_err(|_| format!("pid {pid} (from {}) is not running", pid_file.display()))?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let exe_ok = args
+        .first()
+        .map(|a| Path::new(std::ffi::OsStr::from_bytes(a)))
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n.to_string_lossy().contains("portcullis"));
+    if !exe_ok || args.get(1) != Some(&b"run".as_slice()) {
+        return Err(format!(
+            "pid {pid} (from {}) is not a `portcullis run` process; not signalling",
+            pid_file.display()
+        ));
+    }
+    let owner = std::fs::metadata(pid_file).map(|m| m.uid()).ok();
+    let proc_uid = std::fs::metadata(format!("/proc/{pid}"))
+        .map(|m| m.uid())
+        .ok();
+    if owner.is_none() || owner != proc_uid {
+        return Err(format!(
+            "{} is owned by uid {owner:?} but pid {pid} runs as uid {proc_uid:?}; not signalling",
+            pid_file.display()
+        ));
+    }
+    Ok(())
 }
 
 /// GET the admin `/config` (plain HTTP/1.1 on loopback; the answer is small).
@@ -461,6 +536,18 @@ mod tests {
         // Back to an old version counts as a change too.
         assert!(!w.changed(st(1)));
         assert!(w.changed(st(1)));
+    }
+
+    #[test]
+    fn parser_errors_lose_their_values() {
+        assert_eq!(
+            redact("authenticators.a.jwt.hmac_secret: invalid type: string \"s3cr\\\"et\", expected struct RawSecret at line 5 column 20"),
+            "authenticators.a.jwt.hmac_secret: invalid type: string (value not shown), expected struct RawSecret at line 5 column 20"
+        );
+        assert_eq!(
+            redact("routes[0].upstream: unknown upstream \"nope\""),
+            "routes[0].upstream: unknown upstream \"nope\""
+        );
     }
 
     #[test]

@@ -29,16 +29,77 @@ pub fn check_bind(addr: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
+fn addr_in_use(addr: &str) -> bool {
+    matches!(std::net::TcpListener::bind(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+/// The pid file, written aside before the sockets are taken over and renamed into place after.
+/// `create_new` never follows or reuses a file (or symlink) planted at the temporary name, and
+/// the rename replaces a symlink at the final name instead of writing through it.
+struct PidFile {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl PidFile {
+    fn prepare(path: &str) -> Result<PidFile, String> {
+        use std::io::Write;
+        let path = PathBuf::from(path);
+        let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(format!("{}\n", std::process::id()).as_bytes()));
+        written.map_err(|e| format!("server.pid_file: cannot write {}: {e}", tmp.display()))?;
+        Ok(PidFile { tmp, path })
+    }
+
+    fn commit(self) {
+        if let Err(e) = std::fs::rename(&self.tmp, &self.path) {
+            log::error!("server.pid_file: cannot write {}: {e}", self.path.display());
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     let p = &config.process;
-    if !opts.upgrade {
-        // On --upgrade the old process still holds the proxy and admin sockets and hands them
-        // over (Pingora matches them by address).
-        for l in &p.listeners {
-            check_bind(&l.addr.to_string())?;
+    for addr in p
+        .listeners
+        .iter()
+        .map(|l| l.addr.to_string())
+        .chain([p.admin.to_string()])
+    {
+        match check_bind(&addr) {
+            Ok(()) => {}
+            // On --upgrade the old process still holds its proxy and admin sockets and hands
+            // them over (Pingora matches them by address); any other failure is ours to report.
+            Err(_) if opts.upgrade && addr_in_use(&addr) => {}
+            Err(e) => return Err(e),
         }
-        check_bind(&p.admin.to_string())?;
     }
+    // Everything that can fail happens before `bootstrap`: once an upgrading process holds the
+    // sockets, the old one is about to stop accepting, and failing then would leave nobody
+    // listening.
+    let mut tls = Vec::new();
+    for l in &p.listeners {
+        tls.push(match &l.tls {
+            None => None,
+            Some(t) => Some(
+                crate::tls::settings(l.addr, t)
+                    .map_err(|e| format!("server.listen {}: TLS setup failed: {e}", l.addr))?,
+            ),
+        });
+    }
+    // Pingora writes the pid file only when it daemonizes; operators (and `portcullis reload`,
+    // `kill -HUP "$(cat pid_file)"`) need it in the foreground too.
+    let pid_file = if opts.daemon {
+        None
+    } else {
+        Some(PidFile::prepare(&p.pid_file)?)
+    };
 
     let conf = ServerConf {
         threads: p.threads,
@@ -60,11 +121,8 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     // With --upgrade this waits for the old process to hand its sockets over (and exits 1 if
     // none arrive), so the pid file below changes only once this process holds them.
     server.bootstrap();
-    if !opts.daemon {
-        // Pingora writes the pid file only when it daemonizes; operators (and `portcullis
-        // reload`, `kill -HUP "$(cat pid_file)"`) need it in the foreground too.
-        std::fs::write(&p.pid_file, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("server.pid_file: cannot write {}: {e}", p.pid_file))?;
+    if let Some(f) = pid_file {
+        f.commit();
     }
 
     let audit = p
@@ -84,15 +142,11 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
         },
         "portcullis proxy",
     );
-    for l in &process.listeners {
+    for (l, settings) in process.listeners.iter().zip(tls) {
         let addr = l.addr.to_string();
-        match &l.tls {
+        match settings {
             None => proxy.add_tcp(&addr),
-            Some(tls) => {
-                let settings = crate::tls::settings(l.addr, tls)
-                    .map_err(|e| format!("server.listen {addr}: TLS setup failed: {e}"))?;
-                proxy.add_tls_with_settings(&addr, None, settings);
-            }
+            Some(settings) => proxy.add_tls_with_settings(&addr, None, settings),
         }
     }
     server.add_service(proxy);
@@ -158,6 +212,12 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     });
     if let Some(a) = &state.audit {
         a.sink.close(std::time::Duration::from_secs(10));
+    }
+    if crate::upgrade::successor_failed() {
+        // We handed the sockets to a process that then died: nobody is listening. Exit
+        // non-zero so a supervisor (systemd `Restart=on-failure`) starts the gateway again.
+        log::error!("portcullis stopped after a failed hand-over; exiting 1");
+        std::process::exit(1)
     }
     log::info!("portcullis stopped");
     std::process::exit(0)

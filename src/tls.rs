@@ -2,8 +2,10 @@
 //! certificates, which are *not* fixed at start. Each TLS listener serves the certificate held
 //! in a swappable store, set per handshake by the certificate callback; a config reload loads
 //! the files again and swaps them in (certificate rotation without new sockets or processes).
-//! A certificate or key that does not load, does not match, or has expired rejects the whole
-//! reload, and the listener keeps the pair it had.
+//! A certificate or key that does not load or does not match, or a new certificate that has
+//! already expired, rejects the whole reload, and the listener keeps the pair it had. An
+//! expired certificate already being served is only warned about (and visible in the expiry
+//! metric), so it never blocks other changes.
 //!
 //! The client CA of an mTLS listener is part of the socket's TLS context: changing it needs an
 //! upgrade (reported by the reload like any listener change).
@@ -58,16 +60,6 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertPair, String> {
     }
     let not_after = asn1_unix(leaf.not_after())
         .ok_or_else(|| format!("{}: unreadable expiry date", cert.display()))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    if not_after <= now {
-        return Err(format!(
-            "{}: the certificate expired ({})",
-            cert.display(),
-            leaf.not_after()
-        ));
-    }
     let fingerprint = leaf
         .to_der()
         .ok()
@@ -93,6 +85,18 @@ fn asn1_unix(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
 pub struct CertStore {
     pub addr: SocketAddr,
     current: ArcSwap<CertPair>,
+}
+
+impl CertPair {
+    /// Expired now. Not an error by itself: refusing to start or reload because of it would
+    /// take plain listeners, admin and every other change down with it. Warned about, shown in
+    /// the expiry metric, and a *new* expired pair is refused by [`prepare`].
+    pub fn expired(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.not_after <= now
+    }
 }
 
 impl CertStore {
@@ -210,6 +214,12 @@ pub fn prepare(listeners: &[Listener]) -> Result<Rotation, Vec<String>> {
             continue;
         };
         match load_pair(&tls.cert, &tls.key) {
+            Ok(pair) if pair.expired() && pair.fingerprint != store.current().fingerprint => {
+                errors.push(format!(
+                    "server.listen[{i}].tls: {}: the new certificate has already expired",
+                    tls.cert.display()
+                ));
+            }
             Ok(pair) => out.push((store.clone(), pair)),
             Err(e) => errors.push(format!("server.listen[{i}].tls: {e}")),
         }
@@ -247,6 +257,70 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/tls")
             .join(p)
+    }
+
+    /// A self-signed certificate that expired in 2001.
+    fn write_expired(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        use openssl::asn1::Asn1Time;
+        use openssl::bn::BigNum;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::hash::MessageDigest;
+        use openssl::nid::Nid;
+        use openssl::x509::{X509Builder, X509NameBuilder};
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "expired.localhost")
+            .unwrap();
+        let name = name.build();
+        let mut b = X509Builder::new().unwrap();
+        b.set_version(2).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::from_unix(1_000_000_000).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(1_000_086_400).unwrap())
+            .unwrap();
+        b.set_serial_number(&BigNum::from_u32(7).unwrap().to_asn1_integer().unwrap())
+            .unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        let (c, k) = (dir.join("expired.pem"), dir.join("expired.key"));
+        std::fs::write(&c, b.build().to_pem().unwrap()).unwrap();
+        std::fs::write(&k, key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn an_expired_pair_loads_but_is_refused_as_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = write_expired(dir.path());
+        let pair = load_pair(&c, &k).unwrap();
+        assert!(pair.expired());
+        assert_eq!(pair.not_after, 1_000_086_400);
+        assert!(!load_pair(&fixture("server.pem"), &fixture("server.key"))
+            .unwrap()
+            .expired());
+        // A listener serving a valid pair: a reload to the expired one is refused, the
+        // same pair again is fine.
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let tls = |cert: &Path, key: &Path| ListenerTls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_auth: None,
+        };
+        settings(addr, &tls(&fixture("server.pem"), &fixture("server.key"))).unwrap();
+        let listener = |t| Listener { addr, tls: Some(t) };
+        let e = prepare(&[listener(tls(&c, &k))]).err().unwrap();
+        assert!(
+            e[0].contains("the new certificate has already expired"),
+            "{e:?}"
+        );
+        assert!(prepare(&[listener(tls(
+            &fixture("server.pem"),
+            &fixture("server.key")
+        ))])
+        .is_ok());
     }
 
     #[test]

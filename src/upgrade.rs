@@ -4,8 +4,10 @@
 //! 1. SIGUSR2 (sent by `portcullis upgrade` or `systemctl kill -s USR2`) reaches the "binary
 //!    upgrade" background service, never a request phase.
 //! 2. The config file is compiled first; an invalid one aborts the upgrade and changes nothing.
-//! 3. The binary at the path this process was started from (where the new version has been
-//!    installed) is spawned as `run -c CONFIG --upgrade`. It waits on `server.upgrade_sock`.
+//! 3. Local rate-limit counters are written next to `server.upgrade_sock` (see
+//!    `ratelimit::local::export`). The binary at the path this process was started from (where
+//!    the new version has been installed) is spawned as `run -c CONFIG --upgrade`; it reads
+//!    the counters before compiling its config, then waits on `server.upgrade_sock`.
 //! 4. Once that socket exists, this process sends itself SIGQUIT: Pingora hands every
 //!    listening socket (proxy and admin) over, keeps accepting for a few seconds, then drains
 //!    in-flight requests for `grace_period` and exits. The audit queue is flushed after that.
@@ -32,6 +34,14 @@ use std::time::{Duration, Instant};
 /// hand-over moves busy keep-alive clients to a fresh connection (served by either process)
 /// before that, so fewer of them meet a connection closed under a request just sent.
 static HANDING_OVER: AtomicBool = AtomicBool::new(false);
+
+/// Set when the process that took our sockets exits while we are still running: nobody is
+/// listening any more, so this process must not exit 0 (see `server::run`).
+static SUCCESSOR_FAILED: AtomicBool = AtomicBool::new(false);
+
+pub fn successor_failed() -> bool {
+    SUCCESSOR_FAILED.load(Ordering::Relaxed)
+}
 
 /// `early_request_filter`: no keep-alive once the hand-over has begun.
 pub fn close_when_handing_over(session: &mut pingora::proxy::Session) {
@@ -117,8 +127,19 @@ impl BackgroundService for UpgradeService {
                         .await
                         .unwrap_or_else(|e| Err(format!("upgrade task failed: {e}")));
                     match outcome {
-                        Ok(pid) => {
+                        Ok(mut child) => {
+                            let pid = child.id();
                             log::info!("binary upgrade: pid {pid} is taking the listening sockets over; this process drains and exits");
+                            // From here the new process is the only one meant to listen. If it
+                            // dies while we drain, say so and exit non-zero at the end.
+                            // (A clean exit is a deliberate stop of the new process, not a failure.)
+                            std::thread::spawn(move || match child.wait() {
+                                Ok(status) if status.success() => {}
+                                status => {
+                                    SUCCESSOR_FAILED.store(true, Ordering::Relaxed);
+                                    log::error!("binary upgrade: the new process {pid} failed ({status:?}) while this one drains; nothing will be listening, exiting 1 after the drain");
+                                }
+                            });
                             self.state.set_upgrade(Some(pid), None);
                             HANDING_OVER.store(true, Ordering::Relaxed);
                             if let Err(e) = nix::sys::signal::raise(nix::sys::signal::Signal::SIGQUIT) {
@@ -127,7 +148,7 @@ impl BackgroundService for UpgradeService {
                         }
                         Err(e) => {
                             log::error!("binary upgrade aborted, still serving: {e}");
-                            self.state.set_upgrade(None, Some(e));
+                            self.state.set_upgrade(None, Some(crate::reload::redact(&e)));
                         }
                     }
                 }
@@ -138,8 +159,8 @@ impl BackgroundService for UpgradeService {
 }
 
 /// Check the config, spawn the new binary with `--upgrade` and wait until it listens on the
-/// upgrade socket. Returns its pid.
-fn start_successor(r: &Relaunch, sock: &Path) -> Result<u32, String> {
+/// upgrade socket. Returns the new process.
+fn start_successor(r: &Relaunch, sock: &Path) -> Result<std::process::Child, String> {
     crate::config::load(&r.config).map_err(|e| {
         format!(
             "{} is invalid: {}",
@@ -153,12 +174,28 @@ fn start_successor(r: &Relaunch, sock: &Path) -> Result<u32, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot remove stale {}: {e}", sock.display())),
     }
-    let mut child = std::process::Command::new(&r.exe)
-        .arg("run")
+    // Local rate-limit counts go to the successor, so an upgrade refills no bucket.
+    let handover = sock.with_extension("limits");
+    let mut cmd = std::process::Command::new(&r.exe);
+    cmd.arg("run")
         .arg("-c")
         .arg(&r.config)
         .arg("--upgrade")
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null());
+    match crate::ratelimit::local::export(&handover) {
+        Ok(n) => {
+            log::info!(
+                "binary upgrade: {n} local rate-limit polic(ies) written to {} for the new process",
+                handover.display()
+            );
+            cmd.env(crate::ratelimit::local::HANDOVER_ENV, &handover);
+        }
+        Err(e) => log::error!(
+            "binary upgrade: cannot write {} ({e}); the new process starts its local rate limits from zero",
+            handover.display()
+        ),
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", r.exe.display()))?;
     let deadline = Instant::now() + SPAWN_TIMEOUT;
@@ -169,10 +206,26 @@ fn start_successor(r: &Relaunch, sock: &Path) -> Result<u32, String> {
                 r.exe.display()
             ));
         }
-        if sock.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(sock) {
+            // The sockets go to whoever listens there: only to a socket of our own user (a
+            // socket another local user bound first would receive them otherwise).
+            if let Err(e) = our_socket(&meta) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{}: {e}; not handing the sockets over",
+                    sock.display()
+                ));
+            }
             // Bound; give it a moment to reach listen(). Pingora's sender retries anyway.
             std::thread::sleep(Duration::from_millis(100));
-            return Ok(child.id());
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "{} exited with {status} before taking the sockets over",
+                    r.exe.display()
+                ));
+            }
+            return Ok(child);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -184,6 +237,49 @@ fn start_successor(r: &Relaunch, sock: &Path) -> Result<u32, String> {
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Unix socket owned by this process's user.
+fn our_socket(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if !meta.file_type().is_socket() {
+        return Err("not a socket".into());
+    }
+    // /proc/self belongs to the process's effective user.
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .map_err(|e| format!("cannot read /proc/self: {e}"))?;
+    if meta.uid() != me {
+        return Err(format!(
+            "owned by uid {}, not by this process (uid {me})",
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_own_socket_receives_the_listeners() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(our_socket(&std::fs::symlink_metadata(&path).unwrap()).is_ok());
+        let plain = dir.path().join("f");
+        std::fs::write(&plain, "x").unwrap();
+        assert_eq!(
+            our_socket(&std::fs::symlink_metadata(&plain).unwrap()).unwrap_err(),
+            "not a socket"
+        );
+        // Another user's socket (only root can make one here).
+        if std::os::unix::fs::chown(&path, Some(65534), Some(65534)).is_ok() {
+            let e = our_socket(&std::fs::symlink_metadata(&path).unwrap()).unwrap_err();
+            assert!(e.starts_with("owned by uid 65534"), "{e}");
+        }
     }
 }
 

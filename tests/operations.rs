@@ -202,7 +202,24 @@ fn config_endpoint_reload_metrics_and_the_reload_command() {
     std::fs::write(gw.dir.path().join("portcullis.pid"), "1\n").unwrap();
     let (code, _, err) = run_cli(&["reload", "-c", &cfg]);
     assert_eq!(code, 1);
-    assert!(err.contains("names pid 1 but the gateway on"), "{err}");
+    assert!(err.contains("pid 1 (from "), "{err}");
+    assert!(
+        err.contains("is not a `portcullis run` process; not signalling"),
+        "{err}"
+    );
+    // A pid file naming another gateway than the one on the admin address.
+    let (code, _, err) = {
+        let e2 = Echo::start("e2");
+        let other = Gateway::start("", &simple_body(&e2));
+        std::fs::write(
+            gw.dir.path().join("portcullis.pid"),
+            format!("{}\n", other.proc.pid()),
+        )
+        .unwrap();
+        run_cli(&["reload", "-c", &cfg])
+    };
+    assert_eq!(code, 1);
+    assert!(err.contains("but the gateway on"), "{err}");
 }
 
 #[test]
@@ -787,6 +804,19 @@ fn an_upgrade_to_a_config_that_does_not_compile_is_aborted() {
     );
     assert_eq!(s["pid"], gw.proc.pid());
     assert_eq!(gw.get("/api/x").status, 200);
+    // A config the running process accepts but the new process cannot serve (an address it
+    // cannot bind): the new process fails before taking anything over, the old one stays.
+    std::fs::write(
+        &gw.config,
+        text.replace("  admin:", "    - addr: \"192.0.2.1:8080\"\n  admin:"),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["upgrade", "-c", &cfg]);
+    assert_eq!(code, 1);
+    assert!(err.contains("upgrade aborted"), "{err}");
+    assert!(err.contains("before taking the sockets over"), "{err}");
+    assert_eq!(config_status(&gw)["pid"], gw.proc.pid());
+    assert_eq!(gw.get("/api/x").status, 200);
     // Fixed: the upgrade goes through.
     std::fs::write(&gw.config, &text).unwrap();
     let (code, out, err) = run_cli(&["upgrade", "-c", &cfg]);
@@ -874,4 +904,119 @@ fn tls_certificates_rotate_on_reload_without_new_sockets() {
         .proc
         .log_text()
         .contains(&format!("TLS 127.0.0.1:{port}: serving a new certificate")));
+}
+
+#[test]
+fn local_rate_limits_continue_across_a_binary_upgrade() {
+    let e = Echo::start("e");
+    let body = format!(
+        "rate_limits:\n  hourly: {{ key: client_ip, rate: 10/h }}\n  per-key: {{ key: \"header:x-tenant\", rate: 4/h }}\nupstreams:\n  e: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: lim, match: {{ path_prefix: /lim }}, upstream: e, public: true, rate_limits: [hourly] }}\n  - {{ id: tenant, match: {{ path_prefix: /tenant }}, upstream: e, public: true, rate_limits: [per-key] }}\n",
+        e.addr
+    );
+    let gw = Gateway::start("", &body);
+    let cfg = gw.config.to_string_lossy().into_owned();
+    for _ in 0..7 {
+        assert_eq!(gw.get("/lim/x").status, 200);
+    }
+    for _ in 0..4 {
+        assert_eq!(
+            get_with(gw.addr, "/tenant/x", &[("x-tenant", "acme")]).status,
+            200
+        );
+    }
+    assert_eq!(
+        get_with(gw.addr, "/tenant/x", &[("x-tenant", "acme")]).status,
+        429
+    );
+
+    let (code, out, err) = run_cli(&["upgrade", "-c", &cfg]);
+    let new_pid: i32 = std::fs::read_to_string(gw.dir.path().join("portcullis.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _guard = PidGuard(new_pid);
+    assert_eq!(code, 0, "{out}{err}\n{}", gw.proc.log_text());
+    // `upgrade` returned after the old process exited: everything below meets the new one.
+    assert_eq!(config_status(&gw)["pid"], new_pid);
+    let log = gw.proc.log_text();
+    assert!(
+        log.contains("continuing 2 local rate-limit polic(ies) from the previous process"),
+        "{log}"
+    );
+    let after: Vec<u16> = (0..5).map(|_| gw.get("/lim/x").status).collect();
+    assert_eq!(
+        after,
+        [200, 200, 200, 429, 429],
+        "the upgrade refilled the bucket"
+    );
+    assert_eq!(
+        get_with(gw.addr, "/tenant/x", &[("x-tenant", "acme")]).status,
+        429
+    );
+    assert_eq!(
+        get_with(gw.addr, "/tenant/x", &[("x-tenant", "other")]).status,
+        200
+    );
+    assert!(
+        !gw.dir.path().join("upgrade.limits").exists(),
+        "the hand-over file was left behind"
+    );
+}
+
+#[test]
+fn a_successor_that_dies_after_taking_the_sockets_makes_the_old_process_exit_1() {
+    let e = Echo::start("e");
+    let dir = tempfile::tempdir().unwrap();
+    // The gateway runs from a path we can replace, as an installed binary would.
+    let exe = dir.path().join("portcullis");
+    std::fs::copy(bin(), &exe).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &cfg,
+        Gateway::config_text(port, admin, dir.path(), "", "", &simple_body(&e)),
+    )
+    .unwrap();
+    let log_path = dir.path().join("gw.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut old = std::process::Command::new(&exe)
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    assert!(eventually(Duration::from_secs(15), || try_request(
+        admin_addr,
+        b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    .is_ok_and(|r| r.status == 200)));
+    // The "new version": takes the sockets over, then dies.
+    let stub = format!(
+        "#!/bin/sh\n\"{}\" \"$@\" &\nchild=$!\nsleep 3\nkill -9 $child\nexit 1\n",
+        bin()
+    );
+    let tmp = dir.path().join("portcullis.new");
+    std::fs::write(&tmp, stub).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, &exe).unwrap();
+    std::process::Command::new("sh")
+        .args(["-c", &format!("kill -USR2 {}", old.id())])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = old.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "old process still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("while this one drains; nothing will be listening"),
+        "{text}"
+    );
 }

@@ -173,6 +173,26 @@ fn process_settings(cx: &mut Ctx, raw: &RawConfig) -> ProcessSettings {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
+    let upgrade_sock = s
+        .upgrade_sock
+        .clone()
+        .unwrap_or_else(|| "/tmp/portcullis_upgrade.sock".into());
+    if let Some(dir) = Path::new(&upgrade_sock).parent() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(m) = std::fs::metadata(dir) {
+            if m.permissions().mode() & 0o022 != 0 {
+                cx.warn(
+                    "server.upgrade_sock",
+                    format!("{} is writable by other users: during a binary upgrade another local user could race for the socket (upgrades then abort) — use a private directory such as /run/portcullis", dir.display()),
+                );
+            }
+        }
+    }
     ProcessSettings {
         listeners,
         admin,
@@ -181,10 +201,7 @@ fn process_settings(cx: &mut Ctx, raw: &RawConfig) -> ProcessSettings {
             .pid_file
             .clone()
             .unwrap_or_else(|| "/tmp/portcullis.pid".into()),
-        upgrade_sock: s
-            .upgrade_sock
-            .clone()
-            .unwrap_or_else(|| "/tmp/portcullis_upgrade.sock".into()),
+        upgrade_sock,
         grace_period: s.grace_period.map_or(Duration::from_secs(30), |d| d.0),
         graceful_shutdown_timeout: s
             .graceful_shutdown_timeout
@@ -265,9 +282,19 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener) -> Option<Listener> {
             }
         };
         let (cert, key) = (cert?, key?);
-        if let Err(e) = crate::tls::load_pair(&cert, &key) {
-            cx.err(format!("{path}.tls"), e);
-            return None;
+        match crate::tls::load_pair(&cert, &key) {
+            Err(e) => {
+                cx.err(format!("{path}.tls"), e);
+                return None;
+            }
+            Ok(pair) if pair.expired() => cx.warn(
+                format!("{path}.tls.cert"),
+                format!(
+                    "{}: the certificate has expired: clients will refuse it",
+                    cert.display()
+                ),
+            ),
+            Ok(_) => {}
         }
         Some(ListenerTls {
             cert,
@@ -465,10 +492,12 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
     // Digests of every key source read, for the token cache's identity (see keep_cache_of).
     let mut material = String::new();
     let mut digest = |bytes: &[u8]| {
-        if let Some(d) = crate::auth::api_key::sha256(bytes) {
-            material.push_str(&crate::auth::api_key::hex(&d));
-            material.push(',');
+        match crate::auth::api_key::sha256(bytes) {
+            Some(d) => material.push_str(&crate::auth::api_key::hex(&d)),
+            // Never let key material drop out of the identity: no digest, no shared cache.
+            None => material.push_str(&format!("unhashed-{}", rand::random::<u64>())),
         }
+        material.push(',');
     };
     for (i, k) in j.keys.iter().enumerate() {
         let kp = format!("{path}.keys[{i}].pem_file");

@@ -1,31 +1,39 @@
-//! Local (per-process) counters on pingora-limits: sliding-window counts on two count-min
-//! [`Estimator`]s per policy, and an [`Inflight`] counter for `max_inflight`. Called from `request_filter` through
-//! [`super::acquire`]; never blocks and never allocates beyond the key.
+//! Local (per-process) counters: sliding-window counts on two count-min [`Sketch`]es per
+//! policy, and a pingora-limits [`Inflight`] counter for `max_inflight`. Called from
+//! `request_filter` through [`super::acquire`]; never blocks and never allocates beyond the key.
 //!
 //! Counters live in a process-wide registry keyed by what they count (policy name, window,
 //! limit, key definition, sketch size), held weakly: a reload that leaves a policy unchanged
 //! gets the same counters back, so nobody's bucket refills because routes were edited.
+//!
+//! A binary upgrade hands them to the new process: [`export`] writes every live policy's
+//! windows, seeds and cells to a file just before the new process starts, and the new process
+//! [`import`]s it before compiling its config, so each unchanged policy continues from the same
+//! counts. Counts the old process takes after the export (the seconds of the hand-over) stay
+//! with it.
 
+use super::sketch::Sketch;
 use super::{Window, WindowCounts};
-use pingora_limits::estimator::Estimator;
 use pingora_limits::inflight::{Guard, Inflight};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Rows of the count-min sketch. Four is pingora-limits' own choice; more rows lower the
 /// false-positive rate at high key counts but cost one more hash per row on every check.
 pub const SKETCH_HASHES: usize = 4;
 
-/// The sliding-window counters of one policy: two pingora-limits count-min [`Estimator`]s used
-/// in turn, one per fixed window, each tagged with the window it holds.
+/// The sliding-window counters of one policy: two count-min [`Sketch`]es used in turn, one per
+/// fixed window, each tagged with the window it holds.
 ///
 /// Not pingora-limits' own `Rate`: its window reset computes `now - last_reset` on values read
 /// at different moments, which underflows when another thread resets in between (a panic in
 /// debug builds). Here every index comes from one clock read, and windows are aligned to the
 /// counters' creation rather than to the first request after a pause, so `Retry-After` holds.
 pub struct LocalCounters {
-    slots: [Estimator; 2],
+    slots: [Sketch; 2],
     /// Window index + 1 held by each slot (0: never used).
     tags: [AtomicU64; 2],
     epoch: Instant,
@@ -58,11 +66,36 @@ pub fn slots_for(expected_keys: u64) -> usize {
 pub struct Counted(u64);
 
 impl LocalCounters {
+    /// Counters continuing from a hand-over file's entry, or `None` if it does not fit.
+    fn from_import(window: Window, columns: usize, imp: Imported) -> Option<LocalCounters> {
+        let interval_ms = (window.interval.as_millis() as u64).max(1);
+        if imp.interval_ms != interval_ms || imp.columns != columns as u64 {
+            return None;
+        }
+        let epoch = Instant::now().checked_sub(std::time::Duration::from_millis(imp.age_ms))?;
+        let [(s0, c0), (s1, c1)] = imp.slots;
+        let slots = [
+            Sketch::with_seeds(SKETCH_HASHES, columns, s0),
+            Sketch::with_seeds(SKETCH_HASHES, columns, s1),
+        ];
+        if !(slots[0].load(&c0) && slots[1].load(&c1)) {
+            return None;
+        }
+        Some(LocalCounters {
+            slots,
+            tags: [AtomicU64::new(imp.tags[0]), AtomicU64::new(imp.tags[1])],
+            epoch,
+            interval_ms,
+            window,
+            columns,
+        })
+    }
+
     fn new(window: Window, columns: usize) -> LocalCounters {
         LocalCounters {
             slots: [
-                Estimator::new(SKETCH_HASHES, columns),
-                Estimator::new(SKETCH_HASHES, columns),
+                Sketch::new(SKETCH_HASHES, columns),
+                Sketch::new(SKETCH_HASHES, columns),
             ],
             // Slot 0 starts out holding window 0: fresh counters need no clearing, and
             // clearing while the first requests count would lose their counts.
@@ -86,7 +119,7 @@ impl LocalCounters {
     /// The slot for window `idx`, cleared first if it still holds an older window. Counts
     /// added by other threads while the clearing runs (≈ 1 ms for the default sketch) can be
     /// lost, at most once per window — the same trade-off as pingora-limits' own `Rate`.
-    fn slot(&self, idx: u64) -> &Estimator {
+    fn slot(&self, idx: u64) -> &Sketch {
         let s = (idx % 2) as usize;
         let tag = idx + 1;
         let held = self.tags[s].load(Ordering::Acquire);
@@ -184,7 +217,184 @@ static INFLIGHT: crate::carry::Registry<LocalInflight> = crate::carry::Registry:
 /// The counters for a policy definition: the existing ones if a live snapshot already has
 /// this exact definition (`id`), fresh ones otherwise.
 pub fn counters(id: String, window: Window, slots: usize) -> Arc<LocalCounters> {
-    COUNTERS.shared(id, || LocalCounters::new(window, slots)).0
+    let imported = take_imported(&id);
+    COUNTERS
+        .shared(id, || {
+            imported
+                .and_then(|imp| LocalCounters::from_import(window, slots, imp))
+                .unwrap_or_else(|| LocalCounters::new(window, slots))
+        })
+        .0
+}
+
+/// Set by the upgrading process on its successor: where the hand-over file is.
+pub const HANDOVER_ENV: &str = "PORTCULLIS_LIMITS_HANDOVER";
+const MAGIC: &[u8; 8] = b"PCLIMIT1";
+/// A file older than this is from an aborted upgrade, not from our predecessor.
+const MAX_AGE_MS: u64 = 60_000;
+
+/// One policy's counters read from a hand-over file.
+#[derive(Debug)]
+struct Imported {
+    interval_ms: u64,
+    /// How long before the import the windows' epoch was.
+    age_ms: u64,
+    columns: u64,
+    tags: [u64; 2],
+    slots: [([u64; 2], Vec<i64>); 2],
+}
+
+fn pending() -> &'static Mutex<HashMap<String, Imported>> {
+    static P: OnceLock<Mutex<HashMap<String, Imported>>> = OnceLock::new();
+    P.get_or_init(Default::default)
+}
+
+fn take_imported(id: &str) -> Option<Imported> {
+    pending()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(id)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Write every live policy's counters to `path` (mode 0600, written aside and renamed).
+/// Returns how many policies were written.
+pub fn export(path: &Path) -> std::io::Result<usize> {
+    let live = COUNTERS.live();
+    let now = unix_ms();
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&super::sketch::HASH_ID.to_le_bytes());
+    out.extend_from_slice(&(SKETCH_HASHES as u32).to_le_bytes());
+    out.extend_from_slice(&now.to_le_bytes());
+    out.extend_from_slice(&(live.len() as u32).to_le_bytes());
+    for (id, c) in &live {
+        out.extend_from_slice(&(id.len() as u32).to_le_bytes());
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&c.interval_ms.to_le_bytes());
+        let epoch_ms = now.saturating_sub(c.epoch.elapsed().as_millis() as u64);
+        out.extend_from_slice(&epoch_ms.to_le_bytes());
+        out.extend_from_slice(&(c.columns as u64).to_le_bytes());
+        for t in &c.tags {
+            out.extend_from_slice(&t.load(Ordering::Acquire).to_le_bytes());
+        }
+        for s in &c.slots {
+            for seed in s.seeds() {
+                out.extend_from_slice(&seed.to_le_bytes());
+            }
+            for v in s.cells() {
+                out.extend_from_slice(&(v as i64).to_le_bytes());
+            }
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never follow or reuse whatever already sits at the temporary name.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&out)?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(live.len())
+}
+
+/// Read a hand-over file written by [`export`] (and remove it), so that [`counters`] continues
+/// each policy it names. Call before compiling the config. Returns how many policies it holds.
+pub fn import(path: &Path) -> Result<usize, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let _ = std::fs::remove_file(path);
+    let entries = parse(&data, unix_ms())?;
+    let n = entries.len();
+    pending()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(entries);
+    Ok(n)
+}
+
+fn parse(data: &[u8], now: u64) -> Result<Vec<(String, Imported)>, String> {
+    struct R<'a>(&'a [u8]);
+    impl R<'_> {
+        fn take(&mut self, n: usize) -> Result<&[u8], String> {
+            if self.0.len() < n {
+                return Err("truncated".into());
+            }
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            Ok(a)
+        }
+        fn u32(&mut self) -> Result<u32, String> {
+            let b = self.take(4)?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        fn u64(&mut self) -> Result<u64, String> {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(self.take(8)?);
+            Ok(u64::from_le_bytes(w))
+        }
+    }
+    let mut r = R(data);
+    if r.take(8)? != MAGIC {
+        return Err("not a rate-limit hand-over file".into());
+    }
+    if r.u32()? != super::sketch::HASH_ID || r.u32()? != SKETCH_HASHES as u32 {
+        return Err("written with another sketch hash or row count".into());
+    }
+    let written = r.u64()?;
+    if now.saturating_sub(written) > MAX_AGE_MS {
+        return Err(format!(
+            "stale ({} s old)",
+            now.saturating_sub(written) / 1000
+        ));
+    }
+    let n = r.u32()?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let len = r.u32()? as usize;
+        let id = String::from_utf8(r.take(len)?.to_vec()).map_err(|_| "bad policy id")?;
+        let interval_ms = r.u64()?;
+        let epoch_ms = r.u64()?;
+        let columns = r.u64()?;
+        if !columns.is_power_of_two() || columns > 1 << 24 {
+            return Err("bad sketch size".into());
+        }
+        let tags = [r.u64()?, r.u64()?];
+        let cells = SKETCH_HASHES * columns as usize;
+        let mut slot = || -> Result<([u64; 2], Vec<i64>), String> {
+            let seeds = [r.u64()?, r.u64()?];
+            let mut v = Vec::with_capacity(cells);
+            for _ in 0..cells {
+                v.push(r.u64()? as i64);
+            }
+            Ok((seeds, v))
+        };
+        let slots = [slot()?, slot()?];
+        out.push((
+            id,
+            Imported {
+                interval_ms,
+                age_ms: now.saturating_sub(epoch_ms),
+                columns,
+                tags,
+                slots,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 pub fn inflight(id: String, max: u32) -> Arc<LocalInflight> {
@@ -314,6 +524,45 @@ mod tests {
         );
         assert!(keys < 0.03, "false-positive rate {keys}");
         assert!(reqs < 0.005, "false-positive request rate {reqs}");
+    }
+
+    #[test]
+    fn counters_survive_export_and_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("limits");
+        let id = "t|handover|10/h".to_string();
+        let c = counters(id.clone(), window(10, 3600), 1024);
+        for _ in 0..7 {
+            assert!(c.acquire(b"k").0);
+        }
+        assert!(export(&file).unwrap() >= 1);
+        let data = std::fs::read(&file).unwrap();
+        // What a new process would get: a registry without `c`.
+        let entries = parse(&data, unix_ms()).unwrap();
+        let (_, imp) = entries.into_iter().find(|(k, _)| *k == id).unwrap();
+        let next = LocalCounters::from_import(window(10, 3600), 1024, imp).unwrap();
+        assert_eq!(next.peek(b"k").curr, 7);
+        assert_eq!((0..10).filter(|_| next.acquire(b"k").0).count(), 3);
+        assert_eq!(next.peek(b"other").curr, 0);
+        // Another size or window does not take the cells.
+        let (_, imp) = parse(&data, unix_ms())
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == id)
+            .unwrap();
+        assert!(LocalCounters::from_import(window(10, 60), 1024, imp).is_none());
+        // Old, foreign or cut files are refused.
+        assert!(parse(&data, unix_ms() + 120_000)
+            .unwrap_err()
+            .contains("stale"));
+        assert!(parse(&data[..data.len() - 1], unix_ms()).is_err());
+        assert!(parse(b"garbage!garbage!", unix_ms()).is_err());
+        // import() takes the file away and feeds counters() for the same definition.
+        import(&file).unwrap();
+        assert!(!file.exists());
+        drop(c);
+        let again = counters(id, window(10, 3600), 1024);
+        assert_eq!(again.peek(b"k").curr, 7);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 pub mod lease;
 pub mod local;
 pub mod redis;
+pub mod sketch;
 
 use crate::auth::Principal;
 use crate::config::raw::{LimitCount, OnRedisError};
