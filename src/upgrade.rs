@@ -259,30 +259,6 @@ fn our_socket(meta: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_our_own_socket_receives_the_listeners() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("u.sock");
-        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        assert!(our_socket(&std::fs::symlink_metadata(&path).unwrap()).is_ok());
-        let plain = dir.path().join("f");
-        std::fs::write(&plain, "x").unwrap();
-        assert_eq!(
-            our_socket(&std::fs::symlink_metadata(&plain).unwrap()).unwrap_err(),
-            "not a socket"
-        );
-        // Another user's socket (only root can make one here).
-        if std::os::unix::fs::chown(&path, Some(65534), Some(65534)).is_ok() {
-            let e = our_socket(&std::fs::symlink_metadata(&path).unwrap()).unwrap_err();
-            assert!(e.starts_with("owned by uid 65534"), "{e}");
-        }
-    }
-}
-
 /// Whether `pid` is a running process (a zombie waiting for its parent counts as gone).
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -376,4 +352,28 @@ pub fn upgrade_running(path: &Path, timeout: Duration) -> Result<String, Vec<Str
         took_over.as_secs_f64(),
         started.elapsed().as_secs_f64()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_own_socket_receives_the_listeners() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(our_socket(&std::fs::symlink_metadata(&path).unwrap()).is_ok());
+        let plain = dir.path().join("f");
+        std::fs::write(&plain, "x").unwrap();
+        assert_eq!(
+            our_socket(&std::fs::symlink_metadata(&plain).unwrap()).unwrap_err(),
+            "not a socket"
+        );
+        // Another user's socket (only root can make one here).
+        if std::os::unix::fs::chown(&path, Some(65534), Some(65534)).is_ok() {
+            let e = our_socket(&std::fs::symlink_metadata(&path).unwrap()).unwrap_err();
+            assert!(e.starts_with("owned by uid 65534"), "{e}");
+        }
+    }
 }
