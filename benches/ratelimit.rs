@@ -1,5 +1,6 @@
-//! Cost of one rate-limit check as `request_filter` runs it: key building, the local
-//! sliding-window check (pingora-limits sketch sized for 100k keys), and the Redis script on
+//! Cost of one rate-limit check as `request_filter` runs it: the local sliding-window check
+//! (count-min sketch sized for 100k keys), the sketch alone against pingora-limits'
+//! `Estimator` (the baseline it replaced, same size, same run), and the Redis script on
 //! loopback (a `redis-server` started here, when one is installed).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -25,6 +26,26 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % keys.len();
             black_box(counters.acquire(&keys[i]))
+        })
+    });
+    let sketch = portcullis::ratelimit::sketch::Sketch::new(4, slots);
+    let estimator = pingora_limits::estimator::Estimator::new(4, slots);
+    c.bench_function("ratelimit/sketch_incr_same_key", |b| {
+        b.iter(|| black_box(sketch.incr(black_box(&key), 1)))
+    });
+    c.bench_function("ratelimit/estimator_incr_same_key (baseline)", |b| {
+        b.iter(|| black_box(estimator.incr(black_box(&key[..]), 1)))
+    });
+    c.bench_function("ratelimit/sketch_incr_100k_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(sketch.incr(&keys[i], 1))
+        })
+    });
+    c.bench_function("ratelimit/estimator_incr_100k_keys (baseline)", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(estimator.incr(&keys[i][..], 1))
         })
     });
     let inflight = local::inflight("bench|inflight".into(), 1_000_000);
