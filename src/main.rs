@@ -150,20 +150,19 @@ fn main() -> ExitCode {
             upgrade,
             daemon,
         } => {
-            if upgrade {
-                // Written by the process being upgraded (SIGUSR2): continue its local
-                // rate-limit counters. Must come before the config compiles them.
-                if let Some(path) = std::env::var_os(portcullis::ratelimit::local::HANDOVER_ENV) {
-                    match portcullis::ratelimit::local::import(std::path::Path::new(&path)) {
-                        Ok(n) => log::info!(
-                            "continuing {n} local rate-limit polic(ies) from the previous process"
-                        ),
-                        Err(e) => {
+            // Written by the process being upgraded (SIGUSR2): continue its local rate-limit
+            // counters. Must come before the config compiles them.
+            let handed_over = if upgrade {
+                std::env::var_os(portcullis::ratelimit::local::HANDOVER_ENV).and_then(|path| {
+                    portcullis::ratelimit::local::import(std::path::Path::new(&path))
+                        .map_err(|e| {
                             log::warn!("local rate limits start from zero: hand-over file {e}")
-                        }
-                    }
-                }
-            }
+                        })
+                        .ok()
+                })
+            } else {
+                None
+            };
             let loaded = match portcullis::config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -176,6 +175,13 @@ fn main() -> ExitCode {
             };
             for w in &loaded.warnings {
                 log::warn!("config: {w}");
+            }
+            if let Some(n) = handed_over {
+                let changed = portcullis::ratelimit::local::drop_unclaimed_imports();
+                log::info!(
+                    "continuing {} local rate-limit polic(ies) from the previous process ({changed} changed with the upgrade and start from zero)",
+                    n - changed
+                );
             }
             let opts = portcullis::server::RunOptions {
                 config_path: config,

@@ -133,8 +133,21 @@ impl ConfigStatus {
 /// secret put in the wrong place. What the log and `/config` keep says where and what kind,
 /// never the value. (`portcullis check` and `reload` print the full text to the operator.)
 pub fn redact(line: &str) -> String {
+    // Numbers are quoted in backticks (`invalid type: integer `1234`, expected ...`).
+    let mut line = line.to_string();
+    for kind in ["integer `", "floating point `"] {
+        let mut from = 0;
+        while let Some(i) = line[from..].find(kind) {
+            let start = from + i + kind.len();
+            let Some(len) = line[start..].find('`') else {
+                break;
+            };
+            line.replace_range(start - 1..start + len + 1, "(value not shown)");
+            from = start;
+        }
+    }
     let mut out = String::with_capacity(line.len());
-    let mut rest = line;
+    let mut rest = line.as_str();
     while let Some(i) = rest.find("string \"") {
         let start = i + "string \"".len();
         out.push_str(&rest[..i]);
@@ -317,22 +330,17 @@ impl BackgroundService for ReloadService {
                 return;
             }
         };
-        // Ready for systemd only once every signal we answer has a handler (tokio installs the
-        // process-wide handler on first registration and keeps it): before that, SIGHUP or
-        // SIGUSR2 would kill the process. After an upgrade systemd follows this process from
-        // here on.
-        for kind in [
-            SignalKind::user_defined1(),
-            SignalKind::user_defined2(),
-            SignalKind::terminate(),
-            SignalKind::interrupt(),
-            SignalKind::quit(),
-        ] {
+        crate::upgrade::handler_installed();
+        // Ready for systemd only once every signal we answer has a handler. SIGUSR1 and
+        // SIGUSR2 are registered here already (tokio keeps a handler installed once
+        // registered), so that until their services subscribe they are ignored rather than
+        // fatal; SIGTERM and friends keep their default action until Pingora's watch has them.
+        for kind in [SignalKind::user_defined1(), SignalKind::user_defined2()] {
             if let Err(e) = signal(kind) {
                 log::error!("cannot install a signal handler: {e}");
             }
         }
-        crate::upgrade::notify_ready();
+        tokio::spawn(crate::upgrade::notify_ready_when_handled());
         let mut watcher = Watcher {
             applied: stamp(&self.path),
             pending: None,
@@ -543,6 +551,10 @@ mod tests {
         assert_eq!(
             redact("authenticators.a.jwt.hmac_secret: invalid type: string \"s3cr\\\"et\", expected struct RawSecret at line 5 column 20"),
             "authenticators.a.jwt.hmac_secret: invalid type: string (value not shown), expected struct RawSecret at line 5 column 20"
+        );
+        assert_eq!(
+            redact("a.b: invalid type: integer `12345678901234567890`, expected a string"),
+            "a.b: invalid type: integer (value not shown), expected a string"
         );
         assert_eq!(
             redact("routes[0].upstream: unknown upstream \"nope\""),

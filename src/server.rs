@@ -76,7 +76,7 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
             Ok(()) => {}
             // On --upgrade the old process still holds its proxy and admin sockets and hands
             // them over (Pingora matches them by address); any other failure is ours to report.
-            Err(_) if opts.upgrade && addr_in_use(&addr) => {}
+            Err(_) if opts.upgrade && addr_in_use(&addr) && crate::upgrade::inherited(&addr) => {}
             Err(e) => return Err(e),
         }
     }
@@ -129,7 +129,14 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
         .audit
         .clone()
         .map(|a| crate::audit::Audit::new(a, crate::audit::new_instance_id()));
-    let relaunch = crate::upgrade::Relaunch::capture(&opts.config_path);
+    let relaunch = crate::upgrade::Relaunch::capture(
+        &opts.config_path,
+        p.listeners
+            .iter()
+            .map(|l| l.addr.to_string())
+            .chain([p.admin.to_string()])
+            .collect(),
+    );
     let status = crate::reload::ConfigStatus::new(relaunch.config.clone(), config.source_sha256);
     let state = GatewayState::new(config.snapshot, audit, status);
     let process = config.process;
@@ -233,8 +240,8 @@ impl pingora::server::ShutdownSignalWatch for ShutdownSignals {
     async fn recv(&self) -> pingora::server::ShutdownSignal {
         use pingora::server::ShutdownSignal;
         use tokio::signal::unix::{signal, SignalKind};
-        async fn on(kind: SignalKind, name: &str) {
-            match signal(kind) {
+        async fn on(stream: std::io::Result<tokio::signal::unix::Signal>, name: &str) {
+            match stream {
                 Ok(mut s) => {
                     s.recv().await;
                 }
@@ -244,10 +251,17 @@ impl pingora::server::ShutdownSignalWatch for ShutdownSignals {
                 }
             }
         }
+        // Register all three before counting them as installed (see `upgrade::notify_ready`).
+        let (quit, term, int) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        crate::upgrade::handler_installed();
         tokio::select! {
-            _ = on(SignalKind::quit(), "SIGQUIT") => ShutdownSignal::GracefulUpgrade,
-            _ = on(SignalKind::terminate(), "SIGTERM") => ShutdownSignal::GracefulTerminate,
-            _ = on(SignalKind::interrupt(), "SIGINT") => {
+            _ = on(quit, "SIGQUIT") => ShutdownSignal::GracefulUpgrade,
+            _ = on(term, "SIGTERM") => ShutdownSignal::GracefulTerminate,
+            _ = on(int, "SIGINT") => {
                 log::info!("SIGINT received: draining like SIGTERM");
                 ShutdownSignal::GracefulTerminate
             }
@@ -275,6 +289,7 @@ impl BackgroundService for AuditService {
                 return;
             }
         };
+        crate::upgrade::handler_installed();
         loop {
             tokio::select! {
                 _ = usr1.recv() => match &self.state.audit {

@@ -59,10 +59,26 @@ const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Relaunch {
     pub exe: PathBuf,
     pub config: PathBuf,
+    /// This process's listening addresses (proxy and admin), comma-separated, for the
+    /// successor (see [`INHERITED_ENV`]).
+    pub addresses: String,
+}
+
+/// Set on the successor: the addresses the old process holds and hands over. An address
+/// already in use is expected for these and an error for any other.
+pub const INHERITED_ENV: &str = "PORTCULLIS_INHERITED_ADDRS";
+
+/// Whether an address found in use is one the old process will hand over. Without the list
+/// (a manual `run --upgrade`) any address may be.
+pub fn inherited(addr: &str) -> bool {
+    match std::env::var(INHERITED_ENV) {
+        Ok(list) => list.split(',').any(|a| a == addr),
+        Err(_) => true,
+    }
 }
 
 impl Relaunch {
-    pub fn capture(config: &Path) -> Relaunch {
+    pub fn capture(config: &Path, addresses: Vec<String>) -> Relaunch {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         // argv[0], not /proc/self/exe: after the new version is installed over the old file,
         // /proc/self/exe names the deleted old inode.
@@ -78,6 +94,7 @@ impl Relaunch {
         Relaunch {
             exe,
             config: cwd.join(config),
+            addresses: addresses.join(","),
         }
     }
 }
@@ -102,6 +119,7 @@ impl BackgroundService for UpgradeService {
                 return;
             }
         };
+        handler_installed();
         let mut phases = self.phases.lock().ok().and_then(|mut p| p.take());
         loop {
             tokio::select! {
@@ -147,8 +165,9 @@ impl BackgroundService for UpgradeService {
                             }
                         }
                         Err(e) => {
+                            let e = crate::reload::redact(&e);
                             log::error!("binary upgrade aborted, still serving: {e}");
-                            self.state.set_upgrade(None, Some(crate::reload::redact(&e)));
+                            self.state.set_upgrade(None, Some(e));
                         }
                     }
                 }
@@ -182,6 +201,8 @@ fn start_successor(r: &Relaunch, sock: &Path) -> Result<std::process::Child, Str
         .arg(&r.config)
         .arg("--upgrade")
         .stdin(std::process::Stdio::null());
+    // The successor may find only these addresses taken (by us, until we hand them over).
+    cmd.env(INHERITED_ENV, &r.addresses);
     match crate::ratelimit::local::export(&handover) {
         Ok(n) => {
             log::info!(
@@ -190,11 +211,27 @@ fn start_successor(r: &Relaunch, sock: &Path) -> Result<std::process::Child, Str
             );
             cmd.env(crate::ratelimit::local::HANDOVER_ENV, &handover);
         }
-        Err(e) => log::error!(
-            "binary upgrade: cannot write {} ({e}); the new process starts its local rate limits from zero",
-            handover.display()
-        ),
+        Err(e) => {
+            log::error!(
+                "binary upgrade: cannot write {} ({e}); the new process starts its local rate limits from zero",
+                handover.display()
+            );
+            cmd.env_remove(crate::ratelimit::local::HANDOVER_ENV);
+        }
     }
+    let result = spawn_and_wait(r, sock, cmd);
+    if result.is_err() {
+        // The seeds and counts are not left lying around for nobody.
+        let _ = std::fs::remove_file(&handover);
+    }
+    result
+}
+
+fn spawn_and_wait(
+    r: &Relaunch,
+    sock: &Path,
+    mut cmd: std::process::Command,
+) -> Result<std::process::Child, String> {
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", r.exe.display()))?;
@@ -246,10 +283,7 @@ fn our_socket(meta: &std::fs::Metadata) -> Result<(), String> {
     if !meta.file_type().is_socket() {
         return Err("not a socket".into());
     }
-    // /proc/self belongs to the process's effective user.
-    let me = std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .map_err(|e| format!("cannot read /proc/self: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
         return Err(format!(
             "owned by uid {}, not by this process (uid {me})",
@@ -269,6 +303,26 @@ fn alive(pid: i32) -> bool {
             .is_some_and(|state| state != 'Z' && state != 'X'),
         Err(_) => false,
     }
+}
+
+/// Signal handlers installed so far: shutdown (SIGQUIT/SIGTERM/SIGINT), reload (SIGHUP),
+/// upgrade (SIGUSR2), audit reopen (SIGUSR1).
+static HANDLERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const ALL_HANDLERS: usize = 4;
+
+/// Called by each of the four once its signal streams exist.
+pub fn handler_installed() {
+    HANDLERS.fetch_add(1, Ordering::AcqRel);
+}
+
+/// [`notify_ready`] once every signal handler is installed (at most 10 s of waiting): before
+/// that, a `systemctl reload` or `kill -USR2` could find no handler.
+pub async fn notify_ready_when_handled() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while HANDLERS.load(Ordering::Acquire) < ALL_HANDLERS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    notify_ready();
 }
 
 /// Tell systemd (`Type=notify`, `NotifyAccess=all`) that this process is ready and is the

@@ -817,6 +817,21 @@ fn an_upgrade_to_a_config_that_does_not_compile_is_aborted() {
     assert!(err.contains("before taking the sockets over"), "{err}");
     assert_eq!(config_status(&gw)["pid"], gw.proc.pid());
     assert_eq!(gw.get("/api/x").status, 200);
+    // A new address some other process holds: "in use" is fine only for the addresses the
+    // old process hands over, so the new one refuses to start and the old one stays.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap();
+    std::fs::write(
+        &gw.config,
+        text.replace("  admin:", &format!("    - addr: \"{taken}\"\n  admin:")),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["upgrade", "-c", &cfg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("before taking the sockets over"), "{err}");
+    assert_eq!(config_status(&gw)["pid"], gw.proc.pid());
+    assert_eq!(gw.get("/api/x").status, 200);
+    drop(squatter);
     // Fixed: the upgrade goes through.
     std::fs::write(&gw.config, &text).unwrap();
     let (code, out, err) = run_cli(&["upgrade", "-c", &cfg]);

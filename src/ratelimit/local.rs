@@ -72,8 +72,20 @@ impl LocalCounters {
         if imp.interval_ms != interval_ms || imp.columns != columns as u64 {
             return None;
         }
-        let epoch = Instant::now().checked_sub(std::time::Duration::from_millis(imp.age_ms))?;
+        // Ages on the boot clock, which both processes share and which never steps back.
+        let age_ms = boot_ms()?.checked_sub(imp.epoch_boot_ms)?;
+        let epoch = Instant::now().checked_sub(std::time::Duration::from_millis(age_ms))?;
+        // Nothing from the file may stop the windows from turning over or let counts go
+        // negative: a tag ahead of the current window would never be cleared, a negative cell
+        // would hand out extra requests.
+        let current = age_ms / interval_ms + 1;
+        if imp.tags.iter().any(|t| *t > current) {
+            return None;
+        }
         let [(s0, c0), (s1, c1)] = imp.slots;
+        if c0.iter().chain(&c1).any(|v| *v < 0) {
+            return None;
+        }
         let slots = [
             Sketch::with_seeds(SKETCH_HASHES, columns, s0),
             Sketch::with_seeds(SKETCH_HASHES, columns, s1),
@@ -237,8 +249,8 @@ const MAX_AGE_MS: u64 = 60_000;
 #[derive(Debug)]
 struct Imported {
     interval_ms: u64,
-    /// How long before the import the windows' epoch was.
-    age_ms: u64,
+    /// The windows' epoch on the boot clock (ms).
+    epoch_boot_ms: u64,
     columns: u64,
     tags: [u64; 2],
     slots: [([u64; 2], Vec<i64>); 2],
@@ -256,17 +268,27 @@ fn take_imported(id: &str) -> Option<Imported> {
         .remove(id)
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// `CLOCK_BOOTTIME` in ms: shared by every process on the host, monotonic (unlike wall-clock
+/// time, which may step between the export and the import).
+fn boot_ms() -> Option<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    Some(t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+}
+
+/// Forget hand-over entries the config did not claim (a policy that changed with the
+/// upgrade). Called once the first config has compiled; returns how many were dropped.
+pub fn drop_unclaimed_imports() -> usize {
+    let mut p = pending().lock().unwrap_or_else(|p| p.into_inner());
+    let n = p.len();
+    p.clear();
+    n
 }
 
 /// Write every live policy's counters to `path` (mode 0600, written aside and renamed).
 /// Returns how many policies were written.
 pub fn export(path: &Path) -> std::io::Result<usize> {
     let live = COUNTERS.live();
-    let now = unix_ms();
+    let now = boot_ms().ok_or_else(|| std::io::Error::other("no boot clock"))?;
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&super::sketch::HASH_ID.to_le_bytes());
@@ -317,7 +339,7 @@ pub fn export(path: &Path) -> std::io::Result<usize> {
 pub fn import(path: &Path) -> Result<usize, String> {
     let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let _ = std::fs::remove_file(path);
-    let entries = parse(&data, unix_ms())?;
+    let entries = parse(&data, boot_ms().ok_or("no boot clock")?)?;
     let n = entries.len();
     pending()
         .lock()
@@ -355,11 +377,10 @@ fn parse(data: &[u8], now: u64) -> Result<Vec<(String, Imported)>, String> {
         return Err("written with another sketch hash or row count".into());
     }
     let written = r.u64()?;
-    if now.saturating_sub(written) > MAX_AGE_MS {
-        return Err(format!(
-            "stale ({} s old)",
-            now.saturating_sub(written) / 1000
-        ));
+    match now.checked_sub(written) {
+        None => return Err("dated in the future".into()),
+        Some(age) if age > MAX_AGE_MS => return Err(format!("stale ({} s old)", age / 1000)),
+        Some(_) => {}
     }
     let n = r.u32()?;
     let mut out = Vec::new();
@@ -374,6 +395,10 @@ fn parse(data: &[u8], now: u64) -> Result<Vec<(String, Imported)>, String> {
         }
         let tags = [r.u64()?, r.u64()?];
         let cells = SKETCH_HASHES * columns as usize;
+        // Allocate only what the file really holds (two slots of seeds and cells).
+        if r.0.len() < 2 * (16 + cells * 8) {
+            return Err("truncated".into());
+        }
         let mut slot = || -> Result<([u64; 2], Vec<i64>), String> {
             let seeds = [r.u64()?, r.u64()?];
             let mut v = Vec::with_capacity(cells);
@@ -387,7 +412,7 @@ fn parse(data: &[u8], now: u64) -> Result<Vec<(String, Imported)>, String> {
             id,
             Imported {
                 interval_ms,
-                age_ms: now.saturating_sub(epoch_ms),
+                epoch_boot_ms: epoch_ms,
                 columns,
                 tags,
                 slots,
@@ -538,25 +563,41 @@ mod tests {
         assert!(export(&file).unwrap() >= 1);
         let data = std::fs::read(&file).unwrap();
         // What a new process would get: a registry without `c`.
-        let entries = parse(&data, unix_ms()).unwrap();
+        let entries = parse(&data, boot_ms().unwrap()).unwrap();
         let (_, imp) = entries.into_iter().find(|(k, _)| *k == id).unwrap();
         let next = LocalCounters::from_import(window(10, 3600), 1024, imp).unwrap();
         assert_eq!(next.peek(b"k").curr, 7);
         assert_eq!((0..10).filter(|_| next.acquire(b"k").0).count(), 3);
         assert_eq!(next.peek(b"other").curr, 0);
         // Another size or window does not take the cells.
-        let (_, imp) = parse(&data, unix_ms())
+        let (_, imp) = parse(&data, boot_ms().unwrap())
             .unwrap()
             .into_iter()
             .find(|(k, _)| *k == id)
             .unwrap();
         assert!(LocalCounters::from_import(window(10, 60), 1024, imp).is_none());
+        // Tags ahead of the current window or negative cells are refused.
+        let (_, mut imp) = parse(&data, boot_ms().unwrap())
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == id)
+            .unwrap();
+        imp.tags[0] = u64::MAX;
+        assert!(LocalCounters::from_import(window(10, 3600), 1024, imp).is_none());
+        let (_, mut imp) = parse(&data, boot_ms().unwrap())
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == id)
+            .unwrap();
+        imp.slots[0].1[3] = -5;
+        assert!(LocalCounters::from_import(window(10, 3600), 1024, imp).is_none());
+        assert!(parse(&data, 1).unwrap_err().contains("future"));
         // Old, foreign or cut files are refused.
-        assert!(parse(&data, unix_ms() + 120_000)
+        assert!(parse(&data, boot_ms().unwrap() + 120_000)
             .unwrap_err()
             .contains("stale"));
-        assert!(parse(&data[..data.len() - 1], unix_ms()).is_err());
-        assert!(parse(b"garbage!garbage!", unix_ms()).is_err());
+        assert!(parse(&data[..data.len() - 1], boot_ms().unwrap()).is_err());
+        assert!(parse(b"garbage!garbage!", boot_ms().unwrap()).is_err());
         // import() takes the file away and feeds counters() for the same definition.
         import(&file).unwrap();
         assert!(!file.exists());
