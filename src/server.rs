@@ -209,6 +209,11 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
             relaunch,
             upgrade_sock: PathBuf::from(&process_upgrade_sock),
             phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+            delta_from: opts
+                .upgrade
+                .then(|| std::env::var_os(crate::ratelimit::local::HANDOVER_ENV))
+                .flatten()
+                .map(|p| crate::ratelimit::local::delta_path(std::path::Path::new(&p))),
         },
     ));
     log::info!("portcullis {} starting", env!("CARGO_PKG_VERSION"));

@@ -106,6 +106,9 @@ pub struct UpgradeService {
     /// Pingora's execution phases (`Server::watch_execution_phase`), to see a hand-over begin
     /// however SIGQUIT was sent. Taken when the service starts.
     pub phases: Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+    /// Set in a process started by an upgrade: where the old process writes its final
+    /// rate-limit counts.
+    pub delta_from: Option<PathBuf>,
 }
 
 #[async_trait]
@@ -121,6 +124,10 @@ impl BackgroundService for UpgradeService {
         };
         handler_installed();
         let mut phases = self.phases.lock().ok().and_then(|mut p| p.take());
+        let mut handed_over: Option<(crate::ratelimit::local::Exported, PathBuf)> = None;
+        if let Some(path) = self.delta_from.clone() {
+            tokio::spawn(receive_delta(path));
+        }
         loop {
             tokio::select! {
                 phase = async { match phases.as_mut() { Some(p) => p.recv().await.ok(), None => std::future::pending().await } } => {
@@ -145,7 +152,8 @@ impl BackgroundService for UpgradeService {
                         .await
                         .unwrap_or_else(|e| Err(format!("upgrade task failed: {e}")));
                     match outcome {
-                        Ok(mut child) => {
+                        Ok((mut child, exported)) => {
+                            handed_over = exported;
                             let pid = child.id();
                             log::info!("binary upgrade: pid {pid} is taking the listening sockets over; this process drains and exits");
                             // From here the new process is the only one meant to listen. If it
@@ -171,15 +179,58 @@ impl BackgroundService for UpgradeService {
                         }
                     }
                 }
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    // We stop accepting now: what we counted since the export goes to the
+                    // successor too, so the hand-over does not hand out the budget twice.
+                    if let Some((base, path)) = handed_over.take() {
+                        let written = tokio::task::spawn_blocking(move || {
+                            crate::ratelimit::local::export_delta(&base, &path)
+                        })
+                        .await;
+                        match written {
+                            Ok(Ok(n)) => log::info!("binary upgrade: counts of {n} local rate-limit polic(ies) since the hand-over written for the new process"),
+                            Ok(Err(e)) => log::error!("binary upgrade: cannot write the final rate-limit counts: {e}"),
+                            Err(e) => log::error!("binary upgrade: final rate-limit counts: {e}"),
+                        }
+                    }
+                    return;
+                }
             }
         }
     }
 }
 
+/// In a process started by an upgrade: wait (bounded) for the old process's final counts and
+/// add them to the live counters.
+async fn receive_delta(path: PathBuf) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if path.exists() {
+            let p = path.clone();
+            match tokio::task::spawn_blocking(move || crate::ratelimit::local::import_delta(&p))
+                .await
+            {
+                Ok(Ok(n)) => log::info!(
+                    "added the previous process's last counts to {n} local rate-limit polic(ies)"
+                ),
+                Ok(Err(e)) => log::warn!("previous process's last rate-limit counts not used: {e}"),
+                Err(e) => log::warn!("previous process's last rate-limit counts: {e}"),
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Check the config, spawn the new binary with `--upgrade` and wait until it listens on the
 /// upgrade socket. Returns the new process.
-fn start_successor(r: &Relaunch, sock: &Path) -> Result<std::process::Child, String> {
+/// A started successor, and what was exported for it (to send the difference at the end).
+type Started = (
+    std::process::Child,
+    Option<(crate::ratelimit::local::Exported, PathBuf)>,
+);
+
+fn start_successor(r: &Relaunch, sock: &Path) -> Result<Started, String> {
     crate::config::load(&r.config).map_err(|e| {
         format!(
             "{} is invalid: {}",
@@ -203,13 +254,17 @@ fn start_successor(r: &Relaunch, sock: &Path) -> Result<std::process::Child, Str
         .stdin(std::process::Stdio::null());
     // The successor may find only these addresses taken (by us, until we hand them over).
     cmd.env(INHERITED_ENV, &r.addresses);
-    match crate::ratelimit::local::export(&handover) {
-        Ok(n) => {
+    let delta = crate::ratelimit::local::delta_path(&handover);
+    let _ = std::fs::remove_file(&delta);
+    let exported = match crate::ratelimit::local::export(&handover) {
+        Ok(base) => {
             log::info!(
-                "binary upgrade: {n} local rate-limit polic(ies) written to {} for the new process",
+                "binary upgrade: {} local rate-limit polic(ies) written to {} for the new process",
+                base.len(),
                 handover.display()
             );
             cmd.env(crate::ratelimit::local::HANDOVER_ENV, &handover);
+            Some((base, delta))
         }
         Err(e) => {
             log::error!(
@@ -217,14 +272,17 @@ fn start_successor(r: &Relaunch, sock: &Path) -> Result<std::process::Child, Str
                 handover.display()
             );
             cmd.env_remove(crate::ratelimit::local::HANDOVER_ENV);
+            None
+        }
+    };
+    match spawn_and_wait(r, sock, cmd) {
+        Ok(child) => Ok((child, exported)),
+        Err(e) => {
+            // The seeds and counts are not left lying around for nobody.
+            let _ = std::fs::remove_file(&handover);
+            Err(e)
         }
     }
-    let result = spawn_and_wait(r, sock, cmd);
-    if result.is_err() {
-        // The seeds and counts are not left lying around for nobody.
-        let _ = std::fs::remove_file(&handover);
-    }
-    result
 }
 
 fn spawn_and_wait(

@@ -925,7 +925,7 @@ fn tls_certificates_rotate_on_reload_without_new_sockets() {
 fn local_rate_limits_continue_across_a_binary_upgrade() {
     let e = Echo::start("e");
     let body = format!(
-        "rate_limits:\n  hourly: {{ key: client_ip, rate: 10/h }}\n  per-key: {{ key: \"header:x-tenant\", rate: 4/h }}\nupstreams:\n  e: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: lim, match: {{ path_prefix: /lim }}, upstream: e, public: true, rate_limits: [hourly] }}\n  - {{ id: tenant, match: {{ path_prefix: /tenant }}, upstream: e, public: true, rate_limits: [per-key] }}\n",
+        "rate_limits:\n  hourly: {{ key: client_ip, rate: 10/h }}\n  per-key: {{ key: \"header:x-tenant\", rate: 4/h }}\n  during: {{ key: client_ip, rate: 20/h }}\nupstreams:\n  e: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: lim, match: {{ path_prefix: /lim }}, upstream: e, public: true, rate_limits: [hourly] }}\n  - {{ id: tenant, match: {{ path_prefix: /tenant }}, upstream: e, public: true, rate_limits: [per-key] }}\n  - {{ id: during, match: {{ path_prefix: /during }}, upstream: e, public: true, rate_limits: [during] }}\n",
         e.addr
     );
     let gw = Gateway::start("", &body);
@@ -944,6 +944,29 @@ fn local_rate_limits_continue_across_a_binary_upgrade() {
         429
     );
 
+    // A client that keeps sending through the upgrade, on fresh connections that land on
+    // either process. While both accept (≈ 5 s) each can hand out what was left at the export
+    // once; when the old one stops, it sends what it counted, so afterwards the new process
+    // knows everything both admitted.
+    for _ in 0..3 {
+        assert_eq!(gw.get("/during/x").status, 200);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = gw.addr;
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut ok = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let raw = b"GET /during/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+                if try_request(addr, raw).is_ok_and(|r| r.status == 200) {
+                    ok += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            ok
+        })
+    };
     let (code, out, err) = run_cli(&["upgrade", "-c", &cfg]);
     let new_pid: i32 = std::fs::read_to_string(gw.dir.path().join("portcullis.pid"))
         .unwrap()
@@ -951,12 +974,40 @@ fn local_rate_limits_continue_across_a_binary_upgrade() {
         .parse()
         .unwrap();
     let _guard = PidGuard(new_pid);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = sender.join().unwrap();
     assert_eq!(code, 0, "{out}{err}\n{}", gw.proc.log_text());
+    // The old process sent its last counts when it stopped accepting; reading 3 × 16 MiB
+    // sketches takes a moment in a debug build.
+    assert!(
+        eventually(Duration::from_secs(20), || gw.proc.log_text().contains(
+            "added the previous process's last counts to 3 local rate-limit polic(ies)"
+        )),
+        "{}",
+        gw.proc.log_text()
+    );
+    let rest = (0..30)
+        .filter(|_| gw.get("/during/x").status == 200)
+        .count();
+    eprintln!("limit 20/h: 3 before, {during} during the upgrade, {rest} after");
+    assert!(during >= 17, "{during}: the budget left was not available");
+    assert!(
+        during <= 2 * 17,
+        "{during}: more than each process's share of what was left"
+    );
+    assert_eq!(
+        rest, 0,
+        "after the upgrade the new process must know what the old one admitted"
+    );
     // `upgrade` returned after the old process exited: everything below meets the new one.
     assert_eq!(config_status(&gw)["pid"], new_pid);
     let log = gw.proc.log_text();
     assert!(
-        log.contains("continuing 2 local rate-limit polic(ies) from the previous process"),
+        log.contains("continuing 3 local rate-limit polic(ies) from the previous process"),
+        "{log}"
+    );
+    assert!(
+        log.contains("added the previous process's last counts to 3 local rate-limit polic(ies)"),
         "{log}"
     );
     let after: Vec<u16> = (0..5).map(|_| gw.get("/lim/x").status).collect();

@@ -284,54 +284,154 @@ pub fn drop_unclaimed_imports() -> usize {
     n
 }
 
-/// Write every live policy's counters to `path` (mode 0600, written aside and renamed).
-/// Returns how many policies were written.
-pub fn export(path: &Path) -> std::io::Result<usize> {
-    let live = COUNTERS.live();
-    let now = boot_ms().ok_or_else(|| std::io::Error::other("no boot clock"))?;
+/// What [`export`] wrote, kept by the old process so that it can send what it counts after
+/// the export as well ([`export_delta`]).
+pub struct Exported {
+    entries: Vec<(String, Arc<LocalCounters>, [u64; 2], [Vec<i64>; 2])>,
+}
+
+impl Exported {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn header(magic: &[u8; 8], now: u64, n: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&super::sketch::HASH_ID.to_le_bytes());
     out.extend_from_slice(&(SKETCH_HASHES as u32).to_le_bytes());
     out.extend_from_slice(&now.to_le_bytes());
-    out.extend_from_slice(&(live.len() as u32).to_le_bytes());
-    for (id, c) in &live {
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+    out
+}
+
+/// Write `bytes` to `path` with mode 0600: aside first (never following or reusing whatever
+/// sits at the temporary name), then renamed over.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// Write every live policy's counters to `path` (mode 0600, written aside and renamed).
+pub fn export(path: &Path) -> std::io::Result<Exported> {
+    let live = COUNTERS.live();
+    let now = boot_ms().ok_or_else(|| std::io::Error::other("no boot clock"))?;
+    let mut out = header(MAGIC, now, live.len());
+    let mut entries = Vec::new();
+    for (id, c) in live {
         out.extend_from_slice(&(id.len() as u32).to_le_bytes());
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(&c.interval_ms.to_le_bytes());
         let epoch_ms = now.saturating_sub(c.epoch.elapsed().as_millis() as u64);
         out.extend_from_slice(&epoch_ms.to_le_bytes());
         out.extend_from_slice(&(c.columns as u64).to_le_bytes());
-        for t in &c.tags {
-            out.extend_from_slice(&t.load(Ordering::Acquire).to_le_bytes());
+        let tags = [0, 1].map(|i| c.tags[i].load(Ordering::Acquire));
+        for t in tags {
+            out.extend_from_slice(&t.to_le_bytes());
         }
-        for s in &c.slots {
-            for seed in s.seeds() {
+        let cells = [0, 1].map(|i| c.slots[i].cells().map(|v| v as i64).collect::<Vec<i64>>());
+        for (slot, values) in c.slots.iter().zip(&cells) {
+            for seed in slot.seeds() {
                 out.extend_from_slice(&seed.to_le_bytes());
             }
-            for v in s.cells() {
-                out.extend_from_slice(&(v as i64).to_le_bytes());
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        entries.push((id, c, tags, cells));
+    }
+    write_private(path, &out)?;
+    Ok(Exported { entries })
+}
+
+const DELTA_MAGIC: &[u8; 8] = b"PCLDELT1";
+
+/// Where the old process puts what it counted after [`export`].
+pub fn delta_path(handover: &Path) -> std::path::PathBuf {
+    handover.with_extension("limits-final")
+}
+
+/// Write what each exported policy counted since the export: per slot, the cell differences
+/// if the slot still holds the same window, or its whole content if it moved on to a newer
+/// window (everything in it is then new). Called when the old process stops accepting.
+pub fn export_delta(base: &Exported, path: &Path) -> std::io::Result<usize> {
+    let now = boot_ms().ok_or_else(|| std::io::Error::other("no boot clock"))?;
+    let mut out = header(DELTA_MAGIC, now, base.entries.len());
+    for (id, c, tags, cells) in &base.entries {
+        out.extend_from_slice(&(id.len() as u32).to_le_bytes());
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&(c.columns as u64).to_le_bytes());
+        for s in 0..2 {
+            let tag = c.tags[s].load(Ordering::Acquire);
+            out.extend_from_slice(&tag.to_le_bytes());
+            let same = tag == tags[s];
+            for (i, v) in c.slots[s].cells().enumerate() {
+                let d = v as i64 - if same { cells[s][i] } else { 0 };
+                out.extend_from_slice(&d.to_le_bytes());
             }
         }
     }
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        // Never follow or reuse whatever already sits at the temporary name.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+    write_private(path, &out)?;
+    Ok(base.entries.len())
+}
+
+/// Add a file from [`export_delta`] to the live counters (and remove it): per policy and
+/// slot, only where this process's slot holds the same window. Returns the policies applied.
+pub fn import_delta(path: &Path) -> Result<usize, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let _ = std::fs::remove_file(path);
+    let now = boot_ms().ok_or("no boot clock")?;
+    let mut r = Reader(&data);
+    check_header(&mut r, DELTA_MAGIC, now)?;
+    let n = r.u32()?;
+    let live: HashMap<String, Arc<LocalCounters>> = COUNTERS.live().into_iter().collect();
+    let mut applied = 0;
+    for _ in 0..n {
+        let len = r.u32()? as usize;
+        let id = String::from_utf8(r.take(len)?.to_vec()).map_err(|_| "bad policy id")?;
+        let columns = r.u64()?;
+        if !columns.is_power_of_two() || columns > 1 << 24 {
+            return Err("bad sketch size".into());
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&out)?;
+        let cells = SKETCH_HASHES * columns as usize;
+        if r.0.len() < 2 * (8 + cells * 8) {
+            return Err("truncated".into());
+        }
+        let target = live.get(&id).filter(|c| c.columns as u64 == columns);
+        let mut used = false;
+        for s in 0..2 {
+            let tag = r.u64()?;
+            let mut deltas = Vec::with_capacity(cells);
+            for _ in 0..cells {
+                deltas.push(r.u64()? as i64);
+            }
+            if let Some(c) = target {
+                if tag != 0 && c.tags[s].load(Ordering::Acquire) == tag {
+                    used |= c.slots[s].add(&deltas);
+                }
+            }
+        }
+        applied += usize::from(used);
     }
-    std::fs::rename(&tmp, path)?;
-    Ok(live.len())
+    Ok(applied)
 }
 
 /// Read a hand-over file written by [`export`] (and remove it), so that [`counters`] continues
@@ -348,29 +448,30 @@ pub fn import(path: &Path) -> Result<usize, String> {
     Ok(n)
 }
 
-fn parse(data: &[u8], now: u64) -> Result<Vec<(String, Imported)>, String> {
-    struct R<'a>(&'a [u8]);
-    impl R<'_> {
-        fn take(&mut self, n: usize) -> Result<&[u8], String> {
-            if self.0.len() < n {
-                return Err("truncated".into());
-            }
-            let (a, b) = self.0.split_at(n);
-            self.0 = b;
-            Ok(a)
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        if self.0.len() < n {
+            return Err("truncated".into());
         }
-        fn u32(&mut self) -> Result<u32, String> {
-            let b = self.take(4)?;
-            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        }
-        fn u64(&mut self) -> Result<u64, String> {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(self.take(8)?);
-            Ok(u64::from_le_bytes(w))
-        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
     }
-    let mut r = R(data);
-    if r.take(8)? != MAGIC {
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(w))
+    }
+}
+
+fn check_header(r: &mut Reader, magic: &[u8; 8], now: u64) -> Result<(), String> {
+    if r.take(8)? != magic {
         return Err("not a rate-limit hand-over file".into());
     }
     if r.u32()? != super::sketch::HASH_ID || r.u32()? != SKETCH_HASHES as u32 {
@@ -378,10 +479,15 @@ fn parse(data: &[u8], now: u64) -> Result<Vec<(String, Imported)>, String> {
     }
     let written = r.u64()?;
     match now.checked_sub(written) {
-        None => return Err("dated in the future".into()),
-        Some(age) if age > MAX_AGE_MS => return Err(format!("stale ({} s old)", age / 1000)),
-        Some(_) => {}
+        None => Err("dated in the future".into()),
+        Some(age) if age > MAX_AGE_MS => Err(format!("stale ({} s old)", age / 1000)),
+        Some(_) => Ok(()),
     }
+}
+
+fn parse(data: &[u8], now: u64) -> Result<Vec<(String, Imported)>, String> {
+    let mut r = Reader(data);
+    check_header(&mut r, MAGIC, now)?;
     let n = r.u32()?;
     let mut out = Vec::new();
     for _ in 0..n {
@@ -560,7 +666,7 @@ mod tests {
         for _ in 0..7 {
             assert!(c.acquire(b"k").0);
         }
-        assert!(export(&file).unwrap() >= 1);
+        assert!(!export(&file).unwrap().is_empty());
         let data = std::fs::read(&file).unwrap();
         // What a new process would get: a registry without `c`.
         let entries = parse(&data, boot_ms().unwrap()).unwrap();
@@ -604,6 +710,28 @@ mod tests {
         drop(c);
         let again = counters(id, window(10, 3600), 1024);
         assert_eq!(again.peek(b"k").curr, 7);
+    }
+
+    #[test]
+    fn the_delta_carries_what_was_counted_after_the_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, delta) = (dir.path().join("l"), dir.path().join("d"));
+        let c = counters("t|delta|100/h".into(), window(100, 3600), 1024);
+        for _ in 0..3 {
+            assert!(c.acquire(b"k").0);
+        }
+        let base = export(&file).unwrap();
+        for _ in 0..4 {
+            assert!(c.acquire(b"k").0);
+        }
+        assert!(c.acquire(b"other").0);
+        export_delta(&base, &delta).unwrap();
+        // Applied to live counters of the same definition (here: the same ones, 7 + 4).
+        assert!(import_delta(&delta).unwrap() >= 1);
+        assert!(!delta.exists());
+        assert_eq!(c.peek(b"k").curr, 11);
+        assert_eq!(c.peek(b"other").curr, 2);
+        assert!(import_delta(&delta).is_err(), "applied once");
     }
 
     #[test]

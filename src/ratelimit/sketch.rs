@@ -127,6 +127,19 @@ impl Sketch {
         self.cells.iter().map(|c| c.load(Ordering::Relaxed))
     }
 
+    /// Add `deltas` to every cell (row-major, exactly `rows × columns`).
+    pub fn add(&self, deltas: &[i64]) -> bool {
+        if deltas.len() != self.cells.len() {
+            return false;
+        }
+        for (c, d) in self.cells.iter().zip(deltas) {
+            if *d != 0 {
+                c.fetch_add(*d as isize, Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
     /// Overwrite every cell from `values` (row-major, exactly `rows × columns`).
     pub fn load(&self, values: &[i64]) -> bool {
         if values.len() != self.cells.len() {
