@@ -287,8 +287,12 @@ pub fn drop_unclaimed_imports() -> usize {
 /// What [`export`] wrote, kept by the old process so that it can send what it counts after
 /// the export as well ([`export_delta`]).
 pub struct Exported {
-    entries: Vec<(String, Arc<LocalCounters>, [u64; 2], [Vec<i64>; 2])>,
+    entries: Vec<ExportedPolicy>,
 }
+
+/// One policy as exported: its definition, its live counters, and the window tags and cells
+/// that were written.
+type ExportedPolicy = (String, Arc<LocalCounters>, [u64; 2], [Vec<i64>; 2]);
 
 impl Exported {
     pub fn len(&self) -> usize {
