@@ -92,10 +92,7 @@ impl CertPair {
     /// take plain listeners, admin and every other change down with it. Warned about, shown in
     /// the expiry metric, and a *new* expired pair is refused by [`prepare`].
     pub fn expired(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        self.not_after <= now
+        self.not_after <= crate::auth::time::now() as i64
     }
 }
 

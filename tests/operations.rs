@@ -539,6 +539,25 @@ impl Drop for PidGuard {
     }
 }
 
+/// Send a signal to a process that is not our child (the shell's builtin kill).
+fn kill(sig: &str, pid: impl std::fmt::Display) {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -{sig} {pid}")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// The pid the gateway's pid file names now.
+fn pid_in_file(dir: &Path) -> i32 {
+    std::fs::read_to_string(dir.join("portcullis.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -581,7 +600,6 @@ fn binary_upgrade_under_load_loses_no_request_and_no_audit_record() {
     });
     let cfg = gw.config.to_string_lossy().into_owned();
     let old_pid = gw.proc.pid();
-    let pid_file = gw.dir.path().join("portcullis.pid");
 
     let load = Load::start(
         gw.addr,
@@ -604,11 +622,7 @@ fn binary_upgrade_under_load_loses_no_request_and_no_audit_record() {
     let upgrade_took = started.elapsed();
     let out = String::from_utf8_lossy(&upgrade.stdout).into_owned();
     let err = String::from_utf8_lossy(&upgrade.stderr).into_owned();
-    let new_pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let new_pid = pid_in_file(gw.dir.path());
     let _guard = PidGuard(new_pid);
     assert!(
         upgrade.status.success(),
@@ -641,10 +655,7 @@ fn binary_upgrade_under_load_loses_no_request_and_no_audit_record() {
     // SIGTERM with a slow request in flight: it completes, then the audit queue is flushed.
     let last = slow_request(gw.addr);
     std::thread::sleep(Duration::from_millis(300));
-    std::process::Command::new("sh")
-        .args(["-c", &format!("kill -TERM {new_pid}")])
-        .status()
-        .unwrap();
+    kill("TERM", new_pid);
     let r = last.join().unwrap().expect("request in flight at SIGTERM");
     assert_eq!(r.status, 200);
     slow.push(r.echoed_header("x-request-id").unwrap());
@@ -731,10 +742,7 @@ fn systemd_readiness_and_main_pid_follow_an_upgrade() {
     };
     assert_eq!(recv(), format!("READY=1\nMAINPID={first_pid}\n"));
     // SIGUSR2 directly (what `systemctl kill -s USR2` does).
-    std::process::Command::new("sh")
-        .args(["-c", &format!("kill -USR2 {first_pid}")])
-        .status()
-        .unwrap();
+    kill("USR2", first_pid);
     let msg = recv();
     let new_pid: i32 = msg
         .strip_prefix("READY=1\nMAINPID=")
@@ -742,8 +750,7 @@ fn systemd_readiness_and_main_pid_follow_an_upgrade() {
         .unwrap_or_else(|| panic!("{msg:?}"));
     let _guard = PidGuard(new_pid);
     assert_ne!(new_pid, first_pid);
-    let pid_file = std::fs::read_to_string(dir.path().join("portcullis.pid")).unwrap();
-    assert_eq!(pid_file.trim(), new_pid.to_string());
+    assert_eq!(pid_in_file(dir.path()), new_pid);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(get(addr, "/api/x").status, 200);
     // The old process exits by itself after handing over and draining.
@@ -763,10 +770,7 @@ fn systemd_readiness_and_main_pid_follow_an_upgrade() {
     // SIGINT drains like SIGTERM: the request in flight completes (within the 1 s grace).
     let in_flight = slow_request_ms(addr, 700);
     std::thread::sleep(Duration::from_millis(300));
-    std::process::Command::new("sh")
-        .args(["-c", &format!("kill -INT {new_pid}")])
-        .status()
-        .unwrap();
+    kill("INT", new_pid);
     let r = in_flight
         .join()
         .unwrap()
@@ -835,11 +839,7 @@ fn an_upgrade_to_a_config_that_does_not_compile_is_aborted() {
     // Fixed: the upgrade goes through.
     std::fs::write(&gw.config, &text).unwrap();
     let (code, out, err) = run_cli(&["upgrade", "-c", &cfg]);
-    let new_pid: i32 = std::fs::read_to_string(gw.dir.path().join("portcullis.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let new_pid = pid_in_file(gw.dir.path());
     let _guard = PidGuard(new_pid);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("-> {new_pid}")), "{out}");
@@ -968,11 +968,7 @@ fn local_rate_limits_continue_across_a_binary_upgrade() {
         })
     };
     let (code, out, err) = run_cli(&["upgrade", "-c", &cfg]);
-    let new_pid: i32 = std::fs::read_to_string(gw.dir.path().join("portcullis.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let new_pid = pid_in_file(gw.dir.path());
     let _guard = PidGuard(new_pid);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let during = sender.join().unwrap();
@@ -1067,10 +1063,7 @@ fn a_successor_that_dies_after_taking_the_sockets_makes_the_old_process_exit_1()
     std::fs::write(&tmp, stub).unwrap();
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::rename(&tmp, &exe).unwrap();
-    std::process::Command::new("sh")
-        .args(["-c", &format!("kill -USR2 {}", old.id())])
-        .status()
-        .unwrap();
+    kill("USR2", old.id());
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = old.try_wait().unwrap() {

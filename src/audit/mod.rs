@@ -19,13 +19,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use sink::AuditSink;
 
-/// Seconds since the epoch, for metrics.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// RFC 3339 UTC with microseconds, e.g. `2026-12-04T00:45:12.123456Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

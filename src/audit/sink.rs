@@ -342,7 +342,7 @@ impl Writer {
                     log::warn!("audit: writing again");
                 }
                 self.dequeued(n);
-                crate::metrics::audit_written(self.seq - seq0, super::unix_now());
+                crate::metrics::audit_written(self.seq - seq0, crate::auth::time::now());
                 batch.clear();
                 if self.sink.settings.fsync == FsyncMode::Always {
                     self.sync();
@@ -382,7 +382,7 @@ impl Writer {
                 self.sink
                     .unreported
                     .fetch_add(restored_unreported, Ordering::AcqRel);
-                crate::metrics::audit_written(seq - seq0, super::unix_now());
+                crate::metrics::audit_written(seq - seq0, crate::auth::time::now());
                 batch.drain(..requests_written);
                 self.dequeued(requests_written);
                 // Reopen on the next batch (the target may be back); only failed opens wait.
