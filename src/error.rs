@@ -27,14 +27,18 @@ pub enum Reject {
     InvalidPath(PathError),
     #[error("invalid host: {0}")]
     InvalidHost(HostError),
+    #[error("request target too long")]
+    UriTooLong,
     #[error("request header section too large")]
     HeadersTooLarge,
     #[error("too many request header fields")]
     TooManyHeaders,
     #[error("request body too large")]
     BodyTooLarge,
-    #[error("ambiguous message framing (Content-Length and Transfer-Encoding)")]
+    #[error("ambiguous or malformed message framing")]
     AmbiguousFraming,
+    #[error("the client was too slow sending its request")]
+    RequestTimeout,
     #[error("no healthy upstream target")]
     NoHealthyUpstream,
     #[error("could not connect to the upstream")]
@@ -88,6 +92,8 @@ impl Reject {
             | Reject::BadRequest
             | Reject::UpgradeNotAllowed => 400,
             Reject::HeadersTooLarge | Reject::TooManyHeaders => 431,
+            Reject::UriTooLong => 414,
+            Reject::RequestTimeout => 408,
             Reject::BodyTooLarge => 413,
             Reject::NoHealthyUpstream | Reject::AuditUnavailable => 503,
             Reject::UpstreamConnect | Reject::UpstreamError => 502,
@@ -115,6 +121,8 @@ impl Reject {
             Reject::MethodNotAllowed { .. } => "method_not_allowed",
             Reject::InvalidPath(_) => "invalid_path",
             Reject::InvalidHost(_) => "invalid_host",
+            Reject::UriTooLong => "uri_too_long",
+            Reject::RequestTimeout => "request_timeout",
             Reject::HeadersTooLarge => "headers_too_large",
             Reject::TooManyHeaders => "too_many_headers",
             Reject::BodyTooLarge => "body_too_large",
@@ -157,6 +165,8 @@ impl Reject {
                 | Reject::BadRequest
                 | Reject::UpgradeNotAllowed
                 | Reject::HeadersTooLarge
+                | Reject::UriTooLong
+                | Reject::RequestTimeout
                 | Reject::TooManyHeaders
                 | Reject::BodyTooLarge
                 | Reject::InvalidHost(_)

@@ -49,8 +49,8 @@ pub struct RequestCtx {
     pub target: Option<SocketAddr>,
     /// Request body bytes seen so far (chunked bodies are counted against the limit).
     pub body_bytes: u64,
-    /// See [`Conn::te_with_cl`].
-    pub te_with_cl: bool,
+    /// See [`Conn::raw_framing_bad`].
+    pub raw_framing_bad: bool,
     pub client_cert: Option<Arc<auth::mtls::ClientCert>>,
     /// Rate-limit state: concurrency slots held, headers for the response, what fired.
     pub limits: ratelimit::RequestLimits,
@@ -87,7 +87,7 @@ impl RequestCtx {
             tried: Vec::new(),
             target: None,
             body_bytes: 0,
-            te_with_cl: false,
+            raw_framing_bad: false,
             client_cert: None,
             limits: ratelimit::RequestLimits::default(),
             audit_accepting: true,
@@ -121,25 +121,56 @@ impl Drop for RequestCtx {
 pub struct Conn {
     pub peer: Option<IpAddr>,
     pub tls: bool,
-    /// The raw request carried `Content-Length` next to `Transfer-Encoding`.
-    pub te_with_cl: bool,
+    /// The raw HTTP/1 header bytes show a framing problem the parsed header hides (see
+    /// [`raw_framing_bad`]).
+    pub raw_framing_bad: bool,
     /// The connection's verified client certificate (mTLS listeners).
     pub client_cert: Option<Arc<auth::mtls::ClientCert>>,
 }
 
-/// Whether raw HTTP/1 header bytes contain a `Content-Length` field.
-pub fn raw_has_content_length(raw: &[u8]) -> bool {
-    raw.split(|&b| b == b'\n').skip(1).any(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:")
-    })
+/// Whether raw HTTP/1 header bytes (request line to the blank line) show a framing problem
+/// that Pingora's lenient parse hides from the parsed header:
+/// - a bare LF line ending (httparse accepts them; a backend that does not would see one
+///   header line where we saw two);
+/// - `Content-Length` next to `Transfer-Encoding` (Pingora silently drops the former);
+/// - a `Transfer-Encoding` value other than exactly `chunked`: case variants, tabs, trailing
+///   spaces and lists are all legal-looking ways to make two parsers disagree.
+///
+/// One pass with `memchr` over the lines: every HTTP/1 request pays for it (tens of ns).
+pub fn raw_framing_bad(raw: &[u8]) -> bool {
+    let mut start = 0;
+    let (mut te, mut cl) = (false, false);
+    for pos in memchr::memchr_iter(b'\n', raw) {
+        if pos == 0 || raw[pos - 1] != b'\r' {
+            return true;
+        }
+        let line = &raw[start..pos - 1];
+        start = pos + 1;
+        match line.first() {
+            Some(b't' | b'T') if starts_with_ci(line, b"transfer-encoding:") => {
+                te = true;
+                let value = &line[18..];
+                let value = &value[value.iter().take_while(|&&b| b == b' ').count()..];
+                if value != b"chunked" {
+                    return true;
+                }
+            }
+            Some(b'c' | b'C') if starts_with_ci(line, b"content-length:") => cl = true,
+            _ => {}
+        }
+    }
+    te && cl
+}
+
+fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 /// Identify the request (id, client IP). Runs first so even rejections carry both.
 pub fn identify(req: &RequestHeader, conn: &Conn, ctx: &mut RequestCtx) {
     ctx.tls = conn.tls;
     ctx.peer_ip = conn.peer;
-    ctx.te_with_cl = conn.te_with_cl;
+    ctx.raw_framing_bad = conn.raw_framing_bad;
     ctx.client_cert = conn.client_cert.clone();
     if let Some(peer) = conn.peer {
         ctx.peer_text = ip_text(&peer);
@@ -219,7 +250,7 @@ pub async fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reje
     }
     let snapshot = ctx.snapshot.clone();
     check_limits(req, &snapshot)?;
-    if ctx.te_with_cl {
+    if ctx.raw_framing_bad {
         return Err(Reject::AmbiguousFraming);
     }
     check_framing(req, snapshot.limits.max_body_bytes)?;
@@ -334,7 +365,16 @@ fn check_upgrade(req: &RequestHeader, route: &Route) -> Result<(), Reject> {
     Ok(())
 }
 
+/// The request asked for a protocol upgrade and the upstream did not switch (no 101).
+pub fn upgrade_refused(req: &RequestHeader, resp: &pingora::http::ResponseHeader) -> bool {
+    resp.status != http::StatusCode::SWITCHING_PROTOCOLS
+        && req.headers.contains_key(http::header::UPGRADE)
+}
+
 fn check_limits(req: &RequestHeader, s: &Snapshot) -> Result<(), Reject> {
+    if req.raw_path().len() > s.limits.max_uri_bytes {
+        return Err(Reject::UriTooLong);
+    }
     if req.headers.len() > s.limits.max_headers {
         return Err(Reject::TooManyHeaders);
     }
@@ -358,7 +398,8 @@ fn check_framing(req: &RequestHeader, max_body: u64) -> Result<(), Reject> {
         if !cl.is_empty() || req.version == http::Version::HTTP_10 || te.len() > 1 {
             return Err(Reject::AmbiguousFraming);
         }
-        if !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+        // Exactly `chunked`: see `raw_framing_bad` (HTTP/2 has no raw bytes; it forbids TE).
+        if te[0].as_bytes() != b"chunked" {
             return Err(Reject::AmbiguousFraming);
         }
     }
@@ -461,19 +502,30 @@ mod tests {
     }
 
     #[test]
-    fn raw_content_length_detection() {
-        assert!(raw_has_content_length(
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
-        ));
-        assert!(raw_has_content_length(
-            b"POST / HTTP/1.1\r\ncontent-length:5\r\n"
-        ));
-        assert!(!raw_has_content_length(
-            b"POST / HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\n"
-        ));
-        assert!(!raw_has_content_length(
-            b"POST /content-length: HTTP/1.1\r\n"
-        ));
+    fn raw_framing_detection() {
+        let ok: [&[u8]; 4] = [
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nX-Content-Length: 5\r\ntransfer-encoding:chunked\r\n\r\n",
+            b"POST /content-length: HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for raw in ok {
+            assert!(!raw_framing_bad(raw), "{}", String::from_utf8_lossy(raw));
+        }
+        let bad: [&[u8]; 9] = [
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length:5\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding:\tchunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked \r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: identity, chunked\r\n\r\n",
+            b"\n",
+        ];
+        for raw in bad {
+            assert!(raw_framing_bad(raw), "{}", String::from_utf8_lossy(raw));
+        }
     }
 
     #[test]

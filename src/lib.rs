@@ -24,6 +24,7 @@ pub mod config;
 pub mod echo;
 pub mod error;
 pub mod forward;
+pub mod frontdoor;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;

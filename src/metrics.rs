@@ -17,6 +17,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     denials: IntCounterVec,
+    client_timeouts: IntCounterVec,
+    protocol_rejections: IntCounterVec,
     upstream_attempts: IntCounterVec,
     upstream_errors: IntCounterVec,
     healthy_targets: IntGaugeVec,
@@ -72,6 +74,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Responses the gateway wrote itself (rejections and upstream failures), by route and reason",
         ),
         &["route", "reason"],
+    )?;
+    let client_timeouts = IntCounterVec::new(
+        Opts::new(
+            "portcullis_client_timeouts_total",
+            "Downstream connections cut for slowness, by phase (header: 408 before the header section was complete; keepalive: idle between requests; idle: a stalled body read or response write)",
+        ),
+        &["phase"],
+    )?;
+    let protocol_rejections = IntCounterVec::new(
+        Opts::new(
+            "portcullis_protocol_rejections_total",
+            "HTTP/1 requests refused by the protocol layer before any route saw them (unparsable header section: 400; CONNECT: 405), by status",
+        ),
+        &["status"],
     )?;
     let upstream_attempts = IntCounterVec::new(
         Opts::new(
@@ -251,6 +267,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(duration.clone()))?;
     registry.register(Box::new(denials.clone()))?;
+    registry.register(Box::new(client_timeouts.clone()))?;
+    registry.register(Box::new(protocol_rejections.clone()))?;
     registry.register(Box::new(upstream_attempts.clone()))?;
     registry.register(Box::new(upstream_errors.clone()))?;
     registry.register(Box::new(healthy_targets.clone()))?;
@@ -284,6 +302,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         requests,
         duration,
         denials,
+        client_timeouts,
+        protocol_rejections,
         upstream_attempts,
         upstream_errors,
         healthy_targets,
@@ -361,6 +381,20 @@ pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
             .with_label_values(&[route, method, status_class(status)])
             .inc();
         m.duration.with_label_values(&[route]).observe(seconds);
+    }
+}
+
+/// A downstream connection cut for slowness (`phase`: header, keepalive, idle).
+pub fn client_timeout(phase: &'static str) {
+    if let Some(m) = get() {
+        m.client_timeouts.with_label_values(&[phase]).inc();
+    }
+}
+
+/// Pingora answered a request itself before our phases ran (`status` from a fixed set).
+pub fn protocol_rejection(status: &'static str) {
+    if let Some(m) = get() {
+        m.protocol_rejections.with_label_values(&[status]).inc();
     }
 }
 

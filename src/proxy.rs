@@ -3,15 +3,15 @@
 //! | phase                   | delegate                                   |
 //! |-------------------------|--------------------------------------------|
 //! | `new_ctx`               | pin the current `Snapshot`                 |
-//! | `early_request_filter`  | `gateway::identify` (request id, client IP)|
-//! | `request_filter`        | `gateway::admit`, rejections via `error::respond` |
+//! | `early_request_filter`  | `frontdoor::header_complete` (deadlines), `gateway::identify` (request id, client IP) |
+//! | `request_filter`        | `gateway::admit`, `frontdoor::preread_chunked`; rejections via `error::respond` |
 //! | `request_body_filter`   | body size limit for chunked bodies         |
 //! | `upstream_peer`         | `upstream::choose_peer`                    |
 //! | `fail_to_connect`       | retry on another target (`upstream`)       |
 //! | `upstream_request_filter` | `forward::prepare_upstream_request`      |
-//! | `response_filter`       | `X-Request-Id`; `ratelimit::add_response_headers` |
+//! | `response_filter`       | `X-Request-Id`; `ratelimit::add_response_headers`; close after a refused upgrade |
 //! | `fail_to_proxy`         | `error::respond` (502/504/…)               |
-//! | `logging`               | metrics, `audit::record`                   |
+//! | `logging`               | `frontdoor::request_complete`, metrics, `audit::record` |
 
 use crate::error::{self, Reject};
 use crate::gateway::{self, Conn, RequestCtx};
@@ -30,22 +30,17 @@ pub struct Gateway {
 }
 
 fn conn_facts(session: &Session) -> Conn {
-    // Pingora drops `Content-Length` when `Transfer-Encoding` is also present; only the raw
-    // header bytes still show the conflict. Looked at only when TE is there (rare).
-    let te_with_cl = session
-        .req_header()
-        .headers
-        .contains_key("transfer-encoding")
-        && session
-            .as_http1()
-            .is_some_and(|h1| gateway::raw_has_content_length(&h1.get_headers_raw_bytes()));
+    // Only the raw header bytes show what Pingora's lenient parse normalised away.
+    let raw_framing_bad = session
+        .as_http1()
+        .is_some_and(|h1| gateway::raw_framing_bad(&h1.get_headers_raw_bytes()));
     let client_cert = session
         .digest()
         .and_then(|d| d.ssl_digest.as_ref())
         .and_then(|s| s.extension.get::<crate::auth::mtls::ClientCert>())
         .map(|c| Arc::new(c.clone()));
     Conn {
-        te_with_cl,
+        raw_framing_bad,
         client_cert,
         peer: session
             .client_addr()
@@ -63,7 +58,11 @@ fn classify(e: &Error) -> Option<Reject> {
         HTTPStatus(400) => Some(Reject::BadRequest),
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
             match e.esource() {
-                ErrorSource::Downstream => None,
+                ErrorSource::Downstream => {
+                    // `limits.idle_timeout` (set by `frontdoor::header_complete`).
+                    crate::metrics::client_timeout("idle");
+                    matches!(e.etype(), ReadTimedout).then_some(Reject::RequestTimeout)
+                }
                 _ => Some(Reject::UpstreamTimeout),
             }
         }
@@ -98,6 +97,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        crate::frontdoor::header_complete(session, ctx.snapshot.limits.idle_timeout);
         let conn = conn_facts(session);
         gateway::identify(session.req_header(), &conn, ctx);
         crate::upgrade::close_when_handing_over(session);
@@ -105,7 +105,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match gateway::admit(session.req_header(), ctx).await {
+        let mut admitted = gateway::admit(session.req_header(), ctx).await;
+        if admitted.is_ok() {
+            let max_body = ctx.snapshot.limits.max_body_bytes;
+            admitted = crate::frontdoor::preread_chunked(session, max_body).await;
+        }
+        match admitted {
             Ok(()) => Ok(false),
             Err(reject) => {
                 // Recorded before writing: if the client is gone and the write fails, the
@@ -178,11 +183,15 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         crate::audit::mark_upstream_answer(ctx);
+        if gateway::upgrade_refused(session.req_header(), upstream_response) {
+            // Whatever the client sent after the upgrade request is not trusted as HTTP.
+            session.set_keepalive(None);
+        }
         upstream_response.insert_header(crate::forward::X_REQUEST_ID, ctx.request_id.as_str())?;
         crate::ratelimit::add_response_headers(&ctx.limits, upstream_response)
     }
@@ -227,6 +236,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        crate::frontdoor::request_complete(session);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_label();
         crate::metrics::record_request(

@@ -142,12 +142,21 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     let process = config.process;
     let process_upgrade_sock = process.upgrade_sock.clone();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut http = pingora::proxy::HttpProxy::new(
         Gateway {
             state: state.clone(),
         },
-        "portcullis proxy",
+        server.configuration.clone(),
+    );
+    http.handle_init_modules();
+    http.h2_options = Some(h2_options(&process.h2));
+    // Every connection passes the front door (header/keep-alive deadlines) first.
+    let mut proxy = Service::new(
+        "portcullis proxy".to_string(),
+        crate::frontdoor::FrontDoor {
+            proxy: Arc::new(http),
+            state: state.clone(),
+        },
     );
     for (l, settings) in process.listeners.iter().zip(tls) {
         let addr = l.addr.to_string();
@@ -308,4 +317,15 @@ impl BackgroundService for AuditService {
             }
         }
     }
+}
+
+/// HTTP/2 limits from `server.limits`: streams per connection and the decoded header list
+/// (Pingora's defaults are 100 and 64 KiB; `max_header_bytes` is usually smaller). The h2
+/// crate's own reset-flood guards (CVE-2023-44487: at most 20 streams reset before they are
+/// accepted, 1,024 locally reset streams) stay at its defaults.
+fn h2_options(h2: &crate::config::H2Settings) -> pingora::protocols::http::v2::server::H2Options {
+    let mut o = pingora::protocols::http::v2::server::default_h2_options();
+    o.max_concurrent_streams(h2.max_concurrent_streams);
+    o.max_header_list_size(h2.max_header_list_size);
+    o
 }

@@ -9,7 +9,7 @@ use super::raw::{
     AuthMethodName, Balance, ClaimValues, HashOn, HealthKind, Method, PathCase, PolicyMode,
     RawApiKey, RawConfig, RawListener, RawPolicy, RawRoute, RawUpstream,
 };
-use super::{Config, Issue, Limits, Listener, ListenerTls, ProcessSettings, Snapshot};
+use super::{Config, H2Settings, Issue, Limits, Listener, ListenerTls, ProcessSettings, Snapshot};
 use crate::auth::api_key::{parse_hex32, ApiKeyAuth, ApiKeyEntry};
 use crate::auth::jwt::{self as jwtmod, JwtAuth, JwtKey};
 use crate::auth::AuthMethod;
@@ -36,6 +36,13 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9100";
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_H2_STREAMS: u32 = 100;
+/// Pingora's HTTP/1 parser stops at this many header fields (`MAX_HEADERS`).
+pub const PARSER_MAX_HEADERS: usize = 256;
 
 struct Ctx<'a> {
     issues: Vec<Issue>,
@@ -208,6 +215,7 @@ fn process_settings(cx: &mut Ctx, raw: &RawConfig) -> ProcessSettings {
             .map_or(Duration::from_secs(5), |d| d.0),
         audit: raw.audit.as_ref().and_then(|a| audit::settings(cx, a, raw)),
         watch_config: s.watch_config,
+        h2: h2_settings(cx, raw),
     }
 }
 
@@ -334,14 +342,79 @@ fn limits(cx: &mut Ctx, raw: &RawConfig) -> Limits {
             "must be between 1KiB and 1MiB",
         );
     }
-    let max_headers = l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
-    if !(1..=1000).contains(&max_headers) {
-        cx.err("server.limits.max_headers", "must be between 1 and 1000");
+    // Unset: 8 KiB, or less when the whole header section may not be that large.
+    let max_uri_bytes = l
+        .max_uri_bytes
+        .map_or((DEFAULT_MAX_URI_BYTES as u64).min(max_header_bytes), |s| {
+            s.0
+        });
+    if !(256..=max_header_bytes.max(256)).contains(&max_uri_bytes) {
+        cx.err(
+            "server.limits.max_uri_bytes",
+            "must be between 256B and max_header_bytes (the request line is part of the header section)",
+        );
     }
+    let max_headers = l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
+    if !(1..=PARSER_MAX_HEADERS).contains(&max_headers) {
+        cx.err(
+            "server.limits.max_headers",
+            format!("must be between 1 and {PARSER_MAX_HEADERS} (the HTTP/1 parser refuses more with a bare 400)"),
+        );
+    }
+    let mut timeout =
+        |field: &str, v: Option<&super::units::DurationStr>, default: Duration, max: Duration| {
+            let d = v.map_or(default, |d| d.0);
+            if d < Duration::from_millis(100) || d > max {
+                cx.err(
+                    format!("server.limits.{field}"),
+                    format!("must be between 100ms and {}s", max.as_secs()),
+                );
+            }
+            d
+        };
     Limits {
+        max_uri_bytes: max_uri_bytes as usize,
         max_header_bytes: max_header_bytes as usize,
         max_headers,
         max_body_bytes: l.max_body_bytes.map_or(DEFAULT_MAX_BODY_BYTES, |s| s.0),
+        header_timeout: timeout(
+            "header_timeout",
+            l.header_timeout.as_ref(),
+            DEFAULT_HEADER_TIMEOUT,
+            Duration::from_secs(300),
+        ),
+        idle_timeout: timeout(
+            "idle_timeout",
+            l.idle_timeout.as_ref(),
+            DEFAULT_IDLE_TIMEOUT,
+            Duration::from_secs(3600),
+        ),
+        // Pingora closes a keep-alive connection idle for 60 s on its own.
+        keepalive_timeout: timeout(
+            "keepalive_timeout",
+            l.keepalive_timeout.as_ref(),
+            DEFAULT_KEEPALIVE_TIMEOUT,
+            Duration::from_secs(60),
+        ),
+    }
+}
+
+fn h2_settings(cx: &mut Ctx, raw: &RawConfig) -> H2Settings {
+    let l = &raw.server.limits;
+    let streams = l.h2_max_concurrent_streams.unwrap_or(DEFAULT_H2_STREAMS);
+    if !(1..=1000).contains(&streams) {
+        cx.err(
+            "server.limits.h2_max_concurrent_streams",
+            "must be between 1 and 1000",
+        );
+    }
+    let header_bytes = l
+        .max_header_bytes
+        .map_or(DEFAULT_MAX_HEADER_BYTES as u64, |s| s.0)
+        .min(u32::MAX as u64) as u32;
+    H2Settings {
+        max_concurrent_streams: streams,
+        max_header_list_size: header_bytes,
     }
 }
 

@@ -83,6 +83,7 @@ pub struct ProcessSettings {
     pub audit: Option<AuditSettings>,
     /// Poll the config file and reload when it changes.
     pub watch_config: bool,
+    pub h2: H2Settings,
 }
 
 impl ProcessSettings {
@@ -125,6 +126,9 @@ impl ProcessSettings {
         if self.audit != other.audit {
             out.push("audit");
         }
+        if self.h2 != other.h2 {
+            out.push("server.limits (HTTP/2 settings)");
+        }
         out
     }
 }
@@ -156,9 +160,21 @@ pub struct AuditSettings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    pub max_uri_bytes: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: u64,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+/// HTTP/2 settings, sent in the connection preface (fixed per process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Settings {
+    pub max_concurrent_streams: u32,
+    /// Decoded header list size (`SETTINGS_MAX_HEADER_LIST_SIZE`): `max_header_bytes` at start.
+    pub max_header_list_size: u32,
 }
 
 /// The immutable runtime model. A request pins one `Arc<Snapshot>` for its whole life.

@@ -254,12 +254,23 @@ pub enum MtlsIdentity {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
+    /// Request target (path and query). Longer → 414.
+    pub max_uri_bytes: Option<ByteSize>,
     /// Request line plus all header names and values. Larger → 431.
     pub max_header_bytes: Option<ByteSize>,
     /// Number of request header fields. More → 431.
     pub max_headers: Option<usize>,
     /// Request body. Larger → 413 (declared `Content-Length` or counted chunked body).
     pub max_body_bytes: Option<ByteSize>,
+    /// From a connection's accept, or a request's first byte, to its complete header
+    /// section. Slower → 408 and the connection closed. Default 10s.
+    pub header_timeout: Option<DurationStr>,
+    /// Longest pause while reading a request body or writing a response. Default 30s.
+    pub idle_timeout: Option<DurationStr>,
+    /// Idle keep-alive connection between requests, then closed. Default 60s (at most 60s).
+    pub keepalive_timeout: Option<DurationStr>,
+    /// HTTP/2 streams open at once per connection (needs a restart). Default 100.
+    pub h2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

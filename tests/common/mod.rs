@@ -740,3 +740,107 @@ impl Load {
         all
     }
 }
+
+/// A raw recording upstream (in-process): keeps every byte it receives and answers each
+/// request header with a small 200 (after reading a `Content-Length` or chunked body). Lets a
+/// test prove that *nothing* reached the upstream, which an echo's JSON cannot show.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    pub fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind recorder");
+        let addr = listener.local_addr().expect("addr");
+        let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = bytes.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
+                    let mut pending = Vec::new();
+                    let mut chunk = [0u8; 65536];
+                    loop {
+                        let n = match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        b.lock().unwrap().extend_from_slice(&chunk[..n]);
+                        pending.extend_from_slice(&chunk[..n]);
+                        while let Some(used) = complete_request(&pending) {
+                            pending.drain(..used);
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if conn.write_all(ok).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Recorder { addr, bytes }
+    }
+
+    /// Everything received so far, from every connection.
+    pub fn received(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.bytes.lock().unwrap().clear();
+    }
+}
+
+/// Length of the first complete request (header plus body) in `buf`.
+fn complete_request(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        let body = &buf[end..];
+        let last = body.windows(5).position(|w| w == b"0\r\n\r\n")?;
+        return Some(end + last + 5);
+    }
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (buf.len() >= end + len).then_some(end + len)
+}
+
+/// Send raw bytes and read until the peer closes (or `wait` passes). Returns what arrived
+/// and whether the connection was closed by the peer.
+pub fn exchange(addr: SocketAddr, raw: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    s.write_all(raw).expect("send");
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16384];
+    while Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+            Err(_) => {}
+        }
+    }
+    (out, false)
+}
+
+/// The status codes of every response in `raw` (pipelined answers show up as several).
+pub fn statuses(raw: &[u8]) -> Vec<u16> {
+    raw.windows(9)
+        .enumerate()
+        .filter(|(_, w)| w.starts_with(b"HTTP/1.1 "))
+        .filter_map(|(i, _)| {
+            std::str::from_utf8(raw.get(i + 9..i + 12)?)
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}

@@ -1,0 +1,452 @@
+//! The front door: every accepted downstream connection passes through here before Pingora's
+//! HTTP code reads a byte of it. Installed as the proxy service's app ([`FrontDoor`] wraps
+//! `HttpProxy<Gateway>`); the request phases only signal it (`proxy.rs`:
+//! `early_request_filter` → [`header_complete`], `logging` → [`request_complete`]).
+//!
+//! Pingora bounds each *read* of a request header (60 s), not the whole header section, so a
+//! client trickling one byte every 59 s holds a connection forever (slowloris). HTTP/1
+//! connections therefore get a [`Guarded`] stream that keeps one deadline per phase:
+//!
+//! | phase | from | deadline | on expiry |
+//! |---|---|---|---|
+//! | header | accept, or the first byte of the next request | `limits.header_timeout` | best-effort JSON 408, connection closed |
+//! | body | header section complete | none here: Pingora's per-read timeout, set to `limits.idle_timeout` | 408 if nothing was answered yet (`proxy.rs`) |
+//! | keep-alive | response complete | `limits.keepalive_timeout` | clean close (EOF to Pingora) |
+//!
+//! A stalled connection costs a parked task and its buffer, never a thread. Everything cut
+//! is counted (`portcullis_client_timeouts_total{phase}`); a response Pingora writes while
+//! the header phase is still open (it refused to parse the request: 400, or CONNECT: 405)
+//! is counted too (`portcullis_protocol_rejections_total{status}`), because those requests
+//! never reach `logging`.
+//!
+//! HTTP/2 connections (ALPN `h2`) are passed through unwrapped: the h2 layer frames its own
+//! headers and has its own limits (`server.rs`: `h2_options`).
+
+use crate::error::Reject;
+use crate::proxy::Gateway;
+use crate::state::GatewayState;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::proxy::{HttpProxy, Session};
+use pingora::server::ShutdownWatch;
+use pingora::ErrorType;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The proxy service's app: wraps each HTTP/1 connection, then hands it to Pingora.
+pub struct FrontDoor {
+    pub proxy: Arc<HttpProxy<Gateway>>,
+    pub state: Arc<GatewayState>,
+}
+
+#[async_trait]
+impl ServerApp for FrontDoor {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            stream
+        } else {
+            // Timeouts come from the snapshot current at accept (reloadable).
+            let limits = self.state.snapshot.load().limits;
+            Box::new(Guarded::new(
+                stream,
+                limits.header_timeout,
+                limits.keepalive_timeout,
+            ))
+        };
+        ServerApp::process_new(&self.proxy, stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.proxy).await
+    }
+}
+
+const HEADER: u8 = 0;
+const BODY: u8 = 1;
+const KEEPALIVE: u8 = 2;
+
+/// The request's header section is complete (called from `early_request_filter`): the
+/// header deadline is off, and body reads and response writes get the idle timeout.
+pub fn header_complete(session: &mut Session, idle_timeout: Duration) {
+    set_phase(session.as_downstream().stream(), BODY);
+    session.set_read_timeout(Some(idle_timeout));
+    session.set_write_timeout(Some(idle_timeout));
+}
+
+/// The request is answered (called from `logging`). A connection whose request body was not
+/// read to its end is closed rather than drained: draining would parse framing we refused
+/// to trust, at our cost, with no deadline of ours. Otherwise it waits for the next request
+/// under the keep-alive deadline.
+pub fn request_complete(session: &mut Session) {
+    if !session.as_downstream_mut().is_body_done() {
+        session.set_keepalive(None);
+        return;
+    }
+    set_phase(session.as_downstream().stream(), KEEPALIVE);
+}
+
+/// Pingora's retry buffer: what it can replay to the upstream of a body read early.
+const REPLAY_CAP: u64 = 64 * 1024;
+/// Room kept for one read that parses a chunk head (≤ 8 KiB in Pingora) without data.
+const PREREAD_SLACK: u64 = 16 * 1024;
+
+/// Read the start of a chunked HTTP/1 request body before the upstream is contacted
+/// (called from `request_filter` once the request is admitted).
+///
+/// Pingora connects upstream and forwards the header before it reads a body, so a
+/// malformed chunk (size overflow, bare LF, bad hex, data longer than its size) or a body
+/// over the limit would be found only after the upstream had the request head. Here up to
+/// ~48 KiB of the body (the whole body of most requests) is parsed first; Pingora replays
+/// it from its 64 KiB retry buffer. The [`Guarded`] stream caps socket reads meanwhile, so
+/// the buffer cannot overflow (an overflow would lose the bytes). Framing errors later in
+/// a larger body abort the upstream request mid-body: the upstream never sees a complete
+/// request. Skipped for `Expect: 100-continue`: that client waits for the 100 only the
+/// upstream sends.
+pub async fn preread_chunked(session: &mut Session, max_body: u64) -> Result<(), Reject> {
+    let h = session.req_header();
+    if h.headers.get(http::header::TRANSFER_ENCODING).is_none()
+        || h.headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        return Ok(());
+    }
+    let Some(header_len) = session
+        .as_http1()
+        .map(|h1| h1.get_headers_raw_bytes().len() as u64)
+    else {
+        return Ok(());
+    };
+    let Some(guard) = guarded(session.as_downstream().stream()) else {
+        return Ok(());
+    };
+    let limit = header_len + REPLAY_CAP;
+    guard.read_limit.store(limit, Ordering::Relaxed);
+    session.enable_retry_buffering();
+    let mut total = 0u64;
+    let outcome = loop {
+        if session.as_downstream_mut().is_body_done() {
+            break Ok(());
+        }
+        let seen = guarded(session.as_downstream().stream())
+            .map_or(u64::MAX, |g| g.since_head.load(Ordering::Relaxed));
+        if limit.saturating_sub(seen) < PREREAD_SLACK {
+            break Ok(());
+        }
+        match session.read_request_body().await {
+            Ok(Some(b)) => {
+                total += b.len() as u64;
+                if total > max_body {
+                    break Err(Reject::BodyTooLarge);
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
+                crate::metrics::client_timeout("idle");
+                break Err(Reject::RequestTimeout);
+            }
+            Err(_) => break Err(Reject::AmbiguousFraming),
+        }
+    };
+    if let Some(g) = guarded(session.as_downstream().stream()) {
+        g.read_limit.store(u64::MAX, Ordering::Relaxed);
+    }
+    if outcome.is_ok() && session.retry_buffer_truncated() {
+        // Cannot happen with the read cap; if it did, the early bytes are lost: refuse.
+        log::error!("request body pre-read overflowed the replay buffer");
+        return Err(Reject::BadRequest);
+    }
+    outcome
+}
+
+fn guarded(stream: Option<&Stream>) -> Option<&Guarded> {
+    stream.and_then(|s| s.as_any().downcast_ref::<Guarded>())
+}
+
+fn set_phase(stream: Option<&Stream>, phase: u8) {
+    if let Some(g) = guarded(stream) {
+        g.phase.store(phase, Ordering::Release);
+    }
+}
+
+/// A downstream HTTP/1 stream with a deadline for the header and keep-alive phases.
+pub struct Guarded {
+    inner: Stream,
+    /// Set by the request phases through a shared reference; read by `poll_read`.
+    phase: AtomicU8,
+    /// The phase the current `deadline` was armed for.
+    armed: u8,
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+    /// `Sleep` is not `Sync`, which Pingora's `IO` requires; only `poll_read` (holding
+    /// `&mut self`) ever locks it, so the lock is never contended.
+    deadline: Mutex<Option<Pin<Box<Sleep>>>>,
+    /// A response was seen for the current header phase (counted once).
+    answered_in_header: bool,
+    /// Bytes the last `poll_read` returned.
+    last_read: usize,
+    /// Bytes read since the current header phase began (see [`preread_chunked`]).
+    since_head: AtomicU64,
+    /// While `preread_chunked` runs: reads stop at this `since_head` value.
+    read_limit: AtomicU64,
+    timed_out: bool,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Guarded {
+    pub fn new(inner: Stream, header_timeout: Duration, keepalive_timeout: Duration) -> Guarded {
+        Guarded {
+            inner,
+            phase: AtomicU8::new(HEADER),
+            armed: HEADER,
+            header_timeout,
+            keepalive_timeout,
+            deadline: Mutex::new(Some(Box::pin(tokio::time::sleep(header_timeout)))),
+            answered_in_header: false,
+            last_read: 0,
+            since_head: AtomicU64::new(0),
+            read_limit: AtomicU64::new(u64::MAX),
+            timed_out: false,
+        }
+    }
+
+    fn arm(&mut self, phase: u8) {
+        let after = match phase {
+            HEADER => Some(self.header_timeout),
+            KEEPALIVE => Some(self.keepalive_timeout),
+            _ => None,
+        };
+        self.armed = phase;
+        self.answered_in_header = false;
+        if phase == HEADER {
+            self.since_head.store(0, Ordering::Relaxed);
+        }
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = after.map(|t| Box::pin(tokio::time::sleep_until(Instant::now() + t)));
+        }
+    }
+
+    /// Whether the deadline of the armed phase has passed (registers the waker if not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.deadline.lock() {
+            Ok(mut d) => d.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready()),
+            Err(_) => false,
+        }
+    }
+
+    /// Read from the inner stream, at most up to `read_limit`; counts `since_head`.
+    fn read_limited(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.last_read = 0;
+        let seen = self.since_head.load(Ordering::Relaxed);
+        let limit = self.read_limit.load(Ordering::Relaxed);
+        let room = limit.saturating_sub(seen);
+        let res = if room >= buf.remaining() as u64 {
+            let before = buf.filled().len();
+            let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+            self.last_read = buf.filled().len() - before;
+            r
+        } else if room == 0 {
+            // Only reachable while a pre-read parses a chunk head or trailer longer than
+            // the slack it kept; Pingora's idle timeout ends the wait (408).
+            return Poll::Pending;
+        } else {
+            let mut small = ReadBuf::new(buf.initialize_unfilled_to(room as usize));
+            let r = Pin::new(&mut self.inner).poll_read(cx, &mut small);
+            let n = small.filled().len();
+            buf.advance(n);
+            self.last_read = n;
+            r
+        };
+        self.since_head
+            .fetch_add(self.last_read as u64, Ordering::Relaxed);
+        res
+    }
+
+    /// Best effort: the socket's send buffer is empty while we wait for a request header,
+    /// so one non-blocking write of ~200 bytes goes out whole or not at all.
+    fn answer_408(&mut self, cx: &mut Context<'_>) {
+        let body = "{\"error\":\"request_timeout\",\"message\":\"the client was too slow sending its request\"}";
+        let response = format!(
+            "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let inner = Pin::new(&mut self.inner);
+        if let Poll::Ready(Ok(_)) = inner.poll_write(cx, response.as_bytes()) {
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        }
+    }
+}
+
+use std::future::Future;
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        let phase = this.phase.load(Ordering::Acquire);
+        if phase != this.armed {
+            this.arm(phase);
+        }
+        let result = this.read_limited(cx, buf);
+        match result {
+            Poll::Ready(r) => {
+                // The first byte of the next request starts its header deadline.
+                if this.armed == KEEPALIVE && this.last_read > 0 {
+                    this.phase.store(HEADER, Ordering::Release);
+                    this.arm(HEADER);
+                    this.since_head
+                        .store(this.last_read as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if !this.expired(cx) {
+                    return Poll::Pending;
+                }
+                this.timed_out = true;
+                if this.armed == KEEPALIVE {
+                    // An idle keep-alive connection: EOF makes Pingora close it quietly.
+                    crate::metrics::client_timeout("keepalive");
+                    return Poll::Ready(Ok(()));
+                }
+                crate::metrics::client_timeout("header");
+                this.answer_408(cx);
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request header timeout",
+                )))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.phase.load(Ordering::Acquire) == HEADER && !this.answered_in_header {
+            // No request phase ran: Pingora is refusing the request itself.
+            this.answered_in_header = true;
+            crate::metrics::protocol_rejection(match buf.get(9..12) {
+                Some(b"400") => "400",
+                Some(b"405") => "405",
+                _ => "other",
+            });
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
