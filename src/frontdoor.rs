@@ -19,8 +19,10 @@
 //! is counted too (`portcullis_protocol_rejections_total{status}`), because those requests
 //! never reach `logging`.
 //!
-//! HTTP/2 connections (ALPN `h2`) are passed through unwrapped: the h2 layer frames its own
-//! headers and has its own limits (`server.rs`: `h2_options`).
+//! On HTTP/2 connections (ALPN `h2`) only the client preface is timed (`header_timeout`,
+//! closed without an answer); after it the h2 layer's own limits apply (`server.rs`:
+//! `h2_options`: streams, header list, reset floods; idle connections closed after
+//! `keepalive_timeout`).
 
 use crate::error::Reject;
 use crate::proxy::Gateway;
@@ -55,17 +57,11 @@ impl ServerApp for FrontDoor {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let stream: Stream = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            stream
-        } else {
-            // Timeouts come from the snapshot current at accept (reloadable).
-            let limits = self.state.snapshot.load().limits;
-            Box::new(Guarded::new(
-                stream,
-                limits.header_timeout,
-                limits.keepalive_timeout,
-            ))
-        };
+        // Timeouts come from the snapshot current at accept (reloadable).
+        let limits = self.state.snapshot.load().limits;
+        let mut guarded = Guarded::new(stream, limits.header_timeout, limits.keepalive_timeout);
+        guarded.h2 = matches!(guarded.inner.selected_alpn_proto(), Some(ALPN::H2));
+        let stream: Stream = Box::new(guarded);
         ServerApp::process_new(&self.proxy, stream, shutdown).await
     }
 
@@ -73,6 +69,9 @@ impl ServerApp for FrontDoor {
         ServerApp::cleanup(&*self.proxy).await
     }
 }
+
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`
+const H2_PREFACE_LEN: u64 = 24;
 
 const HEADER: u8 = 0;
 const BODY: u8 = 1;
@@ -203,6 +202,9 @@ pub struct Guarded {
     /// While `preread_chunked` runs: reads stop at this `since_head` value.
     read_limit: AtomicU64,
     timed_out: bool,
+    /// An HTTP/2 connection (ALPN h2): only the preface is timed here (`header_timeout`);
+    /// after it, the h2 layer's idle timeout and limits apply.
+    h2: bool,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -228,6 +230,7 @@ impl Guarded {
             since_head: AtomicU64::new(0),
             read_limit: AtomicU64::new(u64::MAX),
             timed_out: false,
+            h2: false,
         }
     }
 
@@ -321,6 +324,13 @@ impl AsyncRead for Guarded {
         let result = this.read_limited(cx, buf);
         match result {
             Poll::Ready(r) => {
+                if this.h2
+                    && this.armed == HEADER
+                    && this.since_head.load(Ordering::Relaxed) >= H2_PREFACE_LEN
+                {
+                    this.phase.store(BODY, Ordering::Release);
+                    this.arm(BODY);
+                }
                 // The first byte of the next request starts its header deadline.
                 if this.armed == KEEPALIVE && this.last_read > 0 {
                     this.phase.store(HEADER, Ordering::Release);
@@ -341,7 +351,9 @@ impl AsyncRead for Guarded {
                     return Poll::Ready(Ok(()));
                 }
                 crate::metrics::client_timeout("header");
-                this.answer_408(cx);
+                if !this.h2 {
+                    this.answer_408(cx);
+                }
                 Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "request header timeout",
@@ -358,7 +370,8 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if this.phase.load(Ordering::Acquire) == HEADER && !this.answered_in_header {
+        // (An h2 server speaks first: its SETTINGS are not a refusal.)
+        if !this.h2 && this.phase.load(Ordering::Acquire) == HEADER && !this.answered_in_header {
             // No request phase ran: Pingora is refusing the request itself.
             this.answered_in_header = true;
             crate::metrics::protocol_rejection(match buf.get(9..12) {

@@ -150,6 +150,9 @@ pub fn run(config: Config, opts: RunOptions) -> Result<(), String> {
     );
     http.handle_init_modules();
     http.h2_options = Some(h2_options(&process.h2));
+    let mut server_options = pingora::apps::HttpServerOptions::default();
+    server_options.h2_idle_timeout = Some(process.h2.idle_timeout);
+    http.server_options = Some(server_options);
     // Every connection passes the front door (header/keep-alive deadlines) first.
     let mut proxy = Service::new(
         "portcullis proxy".to_string(),

@@ -415,6 +415,10 @@ fn h2_settings(cx: &mut Ctx, raw: &RawConfig) -> H2Settings {
     H2Settings {
         max_concurrent_streams: streams,
         max_header_list_size: header_bytes,
+        idle_timeout: l
+            .keepalive_timeout
+            .as_ref()
+            .map_or(DEFAULT_KEEPALIVE_TIMEOUT, |d| d.0),
     }
 }
 

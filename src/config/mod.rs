@@ -175,6 +175,8 @@ pub struct H2Settings {
     pub max_concurrent_streams: u32,
     /// Decoded header list size (`SETTINGS_MAX_HEADER_LIST_SIZE`): `max_header_bytes` at start.
     pub max_header_list_size: u32,
+    /// An h2 connection without open streams is closed after this (`keepalive_timeout`).
+    pub idle_timeout: Duration,
 }
 
 /// The immutable runtime model. A request pins one `Arc<Snapshot>` for its whole life.
