@@ -24,9 +24,14 @@ for t in "${targets[@]}"; do
   cp -n "fuzz/seeds/$t/"* "fuzz/corpus/$t/" 2>/dev/null || true
   echo "== fuzz $t for ${secs}s"
   log="fuzz/$t.log"
-  # -rss_limit_mb bounds memory per input; -max_len keeps inputs request-sized.
+  # -rss_limit_mb bounds memory per input, -timeout flags a hang (10 s per input);
+  # -max_len keeps inputs request-sized (configs may be larger).
+  maxlen=4096
+  [[ $t == config ]] && maxlen=32768
+  [[ $t == front_door ]] && maxlen=16384
   if (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" -- \
-        -max_total_time="$secs" -max_len=4096 -rss_limit_mb=1024 -print_final_stats=1) >"$log" 2>&1; then
+        -max_total_time="$secs" -max_len="$maxlen" -rss_limit_mb=1024 -timeout=10 \
+        -print_final_stats=1) >"$log" 2>&1; then
     echo "   ok: $(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}') executions," \
          "$(ls "fuzz/corpus/$t" | wc -l) corpus entries"
   else

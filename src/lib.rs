@@ -25,6 +25,8 @@ pub mod echo;
 pub mod error;
 pub mod forward;
 pub mod frontdoor;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;

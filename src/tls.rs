@@ -37,14 +37,16 @@ pub struct CertPair {
 
 /// Read and check a PEM certificate chain (leaf first) and its key.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertPair, String> {
-    let pem = std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
+    let pem = crate::config::read_file(cert)
+        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
     let mut certs = X509::stack_from_pem(&pem)
         .map_err(|e| format!("{}: not a PEM certificate chain: {e}", cert.display()))?
         .into_iter();
     let leaf = certs
         .next()
         .ok_or_else(|| format!("{} holds no certificate", cert.display()))?;
-    let key_pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let key_pem =
+        crate::config::read_file(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
     let key_parsed = PKey::private_key_from_pem(&key_pem)
         .map_err(|_| format!("{}: not a PEM private key", key.display()))?;
     let matches = leaf

@@ -238,3 +238,28 @@ fn the_systemd_unit_runs_commands_that_exist() {
     assert_eq!(code, 0);
     assert!(out.contains("SIGUSR2"), "{out}");
 }
+
+#[test]
+fn limits_are_validated_and_files_must_be_small_regular_files() {
+    let yaml = "server:\n  listen: [{ addr: \"127.0.0.1:18080\" }]\n  limits: { max_uri_bytes: 64KiB, max_headers: 300, header_timeout: 0s, keepalive_timeout: 5m, h2_max_concurrent_streams: 0 }\nupstreams:\n  orders: { targets: [\"127.0.0.1:9001\"] }\nroutes:\n  - { id: r, match: { path_prefix: / }, upstream: orders, public: true }\n";
+    let (code, err) = check_text(yaml);
+    assert_eq!(code, 1, "{err}");
+    for path in [
+        "server.limits.max_uri_bytes:",
+        "server.limits.max_headers:",
+        "server.limits.header_timeout:",
+        "server.limits.keepalive_timeout:",
+        "server.limits.h2_max_concurrent_streams:",
+    ] {
+        assert!(err.contains(path), "{path} missing in: {err}");
+    }
+    // A secret "file" that is a device or a directory is refused at once, not read forever.
+    for file in ["/dev/zero", "/tmp"] {
+        let yaml = format!("server:\n  listen: [{{ addr: \"127.0.0.1:18080\" }}]\nauthenticators:\n  j:\n    jwt:\n      algorithms: [HS256]\n      hmac_secret: {{ file: {file} }}\nupstreams:\n  orders: {{ targets: [\"127.0.0.1:9001\"] }}\nroutes:\n  - {{ id: r, match: {{ path_prefix: / }}, upstream: orders, authn: [j] }}\n");
+        let t = std::time::Instant::now();
+        let (code, err) = check_text(&yaml);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("authenticators.j.jwt.hmac_secret"), "{err}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
+}

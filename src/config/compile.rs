@@ -229,7 +229,7 @@ fn secret_bytes(cx: &mut Ctx, sp: &str, sec: &super::raw::RawSecret) -> Option<V
                 None
             }
         },
-        (None, Some(f)) => cx.file(sp, f).and_then(|p| match std::fs::read(&p) {
+        (None, Some(f)) => cx.file(sp, f).and_then(|p| match super::read_file(&p) {
             Ok(mut b) => {
                 // A trailing newline from `echo > file` is not part of the secret.
                 while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
@@ -278,7 +278,7 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener) -> Option<Listener> {
             (Some(ca), mode) => {
                 let cap = format!("{path}.tls.client_ca");
                 let file = cx.file(&cap, ca)?;
-                let ok = std::fs::read(&file)
+                let ok = super::read_file(&file)
                     .ok()
                     .and_then(|pem| pingora::tls::x509::X509::stack_from_pem(&pem).ok())
                     .is_some_and(|v| !v.is_empty());
@@ -581,7 +581,7 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
         let Some(file) = cx.file(&kp, &k.pem_file) else {
             continue;
         };
-        match std::fs::read(&file)
+        match super::read_file(&file)
             .map_err(|e| e.to_string())
             .and_then(|pem| {
                 digest(&pem);
@@ -594,7 +594,7 @@ fn jwt(cx: &mut Ctx, path: &str, name: &str, j: &super::raw::RawJwt) -> Option<J
     if let Some(f) = &j.jwks_file {
         let fp = format!("{path}.jwks_file");
         if let Some(file) = cx.file(&fp, f) {
-            match std::fs::read(&file)
+            match super::read_file(&file)
                 .map_err(|e| e.to_string())
                 .and_then(|doc| {
                     digest(&doc);
@@ -991,7 +991,7 @@ fn pool_spec(cx: &mut Ctx, path: &str, name: &str, u: &RawUpstream) -> Option<Po
             Some(f) => {
                 let fpath = format!("{path}.tls.ca_file");
                 let file = cx.file(&fpath, f)?;
-                let pem = match std::fs::read(&file) {
+                let pem = match super::read_file(&file) {
                     Ok(p) => p,
                     Err(e) => {
                         cx.err(&fpath, format!("cannot read {}: {e}", file.display()));

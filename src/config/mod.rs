@@ -205,11 +205,52 @@ pub struct Config {
     pub source_sha256: String,
 }
 
+/// Largest file the config reads: itself, key, secret, JWKS and certificate files.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Read a file the config names: a regular file of at most [`MAX_FILE_BYTES`]. A device
+/// (`/dev/zero`), FIFO or directory is refused before it is opened, so `check` and a reload
+/// can neither hang nor fill memory on a mistyped path.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
 /// Read, parse and compile a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read = |source| ConfigError::Read {
         path: path.display().to_string(),
         source,
+    };
+    let bytes = read_file(path).map_err(read)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8",
+        ))
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     load_str(&text, base)
