@@ -190,9 +190,11 @@ pub struct Guarded {
     armed: u8,
     header_timeout: Duration,
     keepalive_timeout: Duration,
-    /// `Sleep` is not `Sync`, which Pingora's `IO` requires; only `poll_read` (holding
-    /// `&mut self`) ever locks it, so the lock is never contended.
-    deadline: Mutex<Option<Pin<Box<Sleep>>>>,
+    /// `Sleep` is not `Sync`, which Pingora's `IO` requires. Only `poll_read` touches it,
+    /// through `&mut self` (`Mutex::get_mut`): the lock is never taken.
+    deadline: Mutex<Pin<Box<Sleep>>>,
+    /// Whether `deadline` applies in the armed phase (not while a body is read).
+    timed: bool,
     /// A response was seen for the current header phase (counted once).
     answered_in_header: bool,
     /// Bytes the last `poll_read` returned.
@@ -224,7 +226,8 @@ impl Guarded {
             armed: HEADER,
             header_timeout,
             keepalive_timeout,
-            deadline: Mutex::new(Some(Box::pin(tokio::time::sleep(header_timeout)))),
+            deadline: Mutex::new(Box::pin(tokio::time::sleep(header_timeout))),
+            timed: true,
             answered_in_header: false,
             last_read: 0,
             since_head: AtomicU64::new(0),
@@ -245,15 +248,20 @@ impl Guarded {
         if phase == HEADER {
             self.since_head.store(0, Ordering::Relaxed);
         }
-        if let Ok(mut d) = self.deadline.lock() {
-            *d = after.map(|t| Box::pin(tokio::time::sleep_until(Instant::now() + t)));
+        self.timed = after.is_some();
+        if let (Some(t), Ok(d)) = (after, self.deadline.get_mut()) {
+            // One timer per connection, moved rather than reallocated for each phase.
+            d.as_mut().reset(Instant::now() + t);
         }
     }
 
     /// Whether the deadline of the armed phase has passed (registers the waker if not).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        match self.deadline.lock() {
-            Ok(mut d) => d.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready()),
+        if !self.timed {
+            return false;
+        }
+        match self.deadline.get_mut() {
+            Ok(d) => d.as_mut().poll(cx).is_ready(),
             Err(_) => false,
         }
     }
