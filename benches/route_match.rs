@@ -91,5 +91,17 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The raw HTTP/1 framing check every request pays (`gateway::raw_framing_bad`).
+fn framing(c: &mut Criterion) {
+    let typical = b"GET /api/v1/orders/12345?expand=items HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: application/json\r\nAuthorization: Bearer eyJhbGciOiJSUzI1NiIsImtpZCI6InJzYS0xIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmU\r\nX-Request-Id: 0123456789abcdef\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n";
+    c.bench_function("raw_framing_bad/typical_420B", |b| {
+        b.iter(|| portcullis::gateway::raw_framing_bad(black_box(&typical[..])))
+    });
+    let chunked = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n";
+    c.bench_function("raw_framing_bad/chunked", |b| {
+        b.iter(|| portcullis::gateway::raw_framing_bad(black_box(&chunked[..])))
+    });
+}
+
+criterion_group!(benches, bench, framing);
 criterion_main!(benches);

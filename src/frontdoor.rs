@@ -24,7 +24,8 @@
 //! `h2_options`: streams, header list, reset floods; idle connections closed after
 //! `keepalive_timeout`).
 
-use crate::error::Reject;
+use crate::error::{self, Reject};
+use crate::gateway;
 use crate::proxy::Gateway;
 use crate::state::GatewayState;
 use async_trait::async_trait;
@@ -197,6 +198,8 @@ pub struct Guarded {
     timed: bool,
     /// A response was seen for the current header phase (counted once).
     answered_in_header: bool,
+    /// A JSON answer replacing Pingora's bare refusal, while it is being written.
+    reply: Option<Vec<u8>>,
     /// Bytes the last `poll_read` returned.
     last_read: usize,
     /// Bytes read since the current header phase began (see [`preread_chunked`]).
@@ -230,6 +233,7 @@ impl Guarded {
             timed: true,
             answered_in_header: false,
             last_read: 0,
+            reply: None,
             since_head: AtomicU64::new(0),
             read_limit: AtomicU64::new(u64::MAX),
             timed_out: false,
@@ -299,17 +303,30 @@ impl Guarded {
     }
 
     /// Best effort: the socket's send buffer is empty while we wait for a request header,
-    /// so one non-blocking write of ~200 bytes goes out whole or not at all.
+    /// so one non-blocking write of ~250 bytes goes out whole or not at all.
     fn answer_408(&mut self, cx: &mut Context<'_>) {
-        let body = "{\"error\":\"request_timeout\",\"message\":\"the client was too slow sending its request\"}";
-        let response = format!(
-            "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
+        let response = error::raw_http1(&Reject::RequestTimeout, &gateway::new_request_id());
         let inner = Pin::new(&mut self.inner);
-        if let Poll::Ready(Ok(_)) = inner.poll_write(cx, response.as_bytes()) {
+        if let Poll::Ready(Ok(_)) = inner.poll_write(cx, &response) {
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
         }
+    }
+
+    /// Write what is left of a replacement answer; `Ready(Ok)` once it is all out.
+    fn flush_reply(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some(reply) = self.reply.as_mut().filter(|r| !r.is_empty()) {
+            match Pin::new(&mut self.inner).poll_write(cx, reply) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => {
+                    reply.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -379,14 +396,32 @@ impl AsyncWrite for Guarded {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         // (An h2 server speaks first: its SETTINGS are not a refusal.)
-        if !this.h2 && this.phase.load(Ordering::Acquire) == HEADER && !this.answered_in_header {
-            // No request phase ran: Pingora is refusing the request itself.
-            this.answered_in_header = true;
-            crate::metrics::protocol_rejection(match buf.get(9..12) {
-                Some(b"400") => "400",
-                Some(b"405") => "405",
-                _ => "other",
-            });
+        if !this.h2 && this.phase.load(Ordering::Acquire) == HEADER {
+            if !this.answered_in_header {
+                // No request phase ran: Pingora is refusing the request itself (its parser
+                // failed: 400; CONNECT: 405). Its bare answer is swapped for our JSON one,
+                // so every refusal carries a stable code.
+                this.answered_in_header = true;
+                let reject = match buf.get(9..12) {
+                    Some(b"400") => Some(Reject::BadRequest),
+                    Some(b"405") => Some(Reject::MethodNotAllowed { allow: 0 }),
+                    _ => None,
+                };
+                crate::metrics::protocol_rejection(match reject {
+                    Some(Reject::BadRequest) => "400",
+                    Some(_) => "405",
+                    None => "other",
+                });
+                this.reply = reject.map(|r| error::raw_http1(&r, &gateway::new_request_id()));
+            }
+            if this.reply.is_some() {
+                // Pingora's own bytes are dropped; ours go out instead.
+                return match this.flush_reply(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.len())),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -396,7 +431,16 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if !this.h2 && this.phase.load(Ordering::Acquire) == HEADER {
+            // A possible refusal: through `poll_write`, which may replace it.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return Pin::new(this).poll_write(cx, first);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -404,11 +448,19 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        match this.flush_reply(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            other => other,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if let Poll::Pending = this.flush_reply(cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
