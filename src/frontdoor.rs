@@ -457,7 +457,7 @@ impl AsyncWrite for Guarded {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if let Poll::Pending = this.flush_reply(cx) {
+        if this.flush_reply(cx).is_pending() {
             return Poll::Pending;
         }
         Pin::new(&mut this.inner).poll_shutdown(cx)
