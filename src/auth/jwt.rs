@@ -10,13 +10,21 @@
 //!   used, and `kid` is only a map key;
 //! - `exp` and `sub` are required; `nbf` and `iat` are checked; leeway defaults to 30 s (the
 //!   library's is 60 s and it skips `nbf`); `iss`/`aud` are checked when configured;
-//! - a `crit` header is refused (we implement no extensions); tokens over `max_token_bytes`
-//!   (default 8 KiB) are refused unparsed.
+//! - a `crit` header is refused (we implement no extensions), and so is `cty: JWT` (nested
+//!   tokens are not supported); tokens over `max_token_bytes` (default 8 KiB) are refused
+//!   unparsed;
+//! - parsing is strict where parsers differ: base64url without padding and with zero spare bits
+//!   (one text per byte string), JSON objects without duplicate member names at any depth
+//!   (serde keeps the last of `{"sub":"alice","sub":"admin"}`, other parsers the first), and
+//!   `exp`/`nbf`/`iat` integers of Unix seconds only (the library would round floats);
+//! - RSA keys must be 2048–8192 bits with an odd exponent from 3 to 2^33 − 1 (what aws-lc
+//!   verifies with); anything else is refused when loaded rather than failing every token.
 
 use super::jwks::{KeySet, RemoteJwks};
 use super::{AuthError, AuthMethod, Principal};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, Validation};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -267,7 +275,9 @@ pub fn family_of(alg: Algorithm) -> AlgorithmFamily {
     alg.family()
 }
 
-/// Decode base64url without padding (RFC 7515 §2). Strict: no padding, no other alphabet.
+/// Decode base64url without padding (RFC 7515 §2). Strict: no padding, no other alphabet, and
+/// the spare low bits of a final partial group must be zero (RFC 4648 §3.5), so every byte
+/// string has exactly one accepted text — the same rule as the library's decoder.
 pub fn b64url_decode(s: &[u8]) -> Option<Vec<u8>> {
     fn val(c: u8) -> Option<u32> {
         Some(match c {
@@ -288,10 +298,91 @@ pub fn b64url_decode(s: &[u8]) -> Option<Vec<u8>> {
         for (i, &c) in chunk.iter().enumerate() {
             acc |= val(c)? << (18 - 6 * i);
         }
+        let n = chunk.len() - 1;
+        // Bits below the `n` bytes this chunk yields: zero in a canonical encoding.
+        if acc & (0xff_ffff >> (8 * n)) != 0 {
+            return None;
+        }
         let bytes = [(acc >> 16) as u8, (acc >> 8) as u8, acc as u8];
-        out.extend_from_slice(&bytes[..chunk.len() - 1]);
+        out.extend_from_slice(&bytes[..n]);
     }
     Some(out)
+}
+
+/// A JSON value parsed like `serde_json::Value`, except that an object with the same member
+/// name twice is an error, at any depth. RFC 7515 §4 / RFC 7519 §4 let a parser reject
+/// duplicates; we must, because serde keeps the last value silently while other JWT parsers
+/// (an upstream re-reading the forwarded token, an IdP's introspection) may keep the first.
+/// Names are compared after unescaping, so `"s\u0075b"` is `sub`. serde_json's recursion
+/// limit (128) still bounds nesting.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value without duplicate object keys")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        StrictValue::deserialize(d).map(|v| v.0)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        use serde_json::map::Entry;
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            match out.entry(k) {
+                Entry::Occupied(e) => {
+                    return Err(de::Error::custom(format_args!(
+                        "duplicate key {:?}",
+                        e.key()
+                    )))
+                }
+                Entry::Vacant(e) => {
+                    e.insert(map.next_value::<StrictValue>()?.0);
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// The unverified header and payload of a compact JWS, as JSON objects.
@@ -307,8 +398,8 @@ pub fn split(token: &[u8]) -> Result<Parts, AuthError> {
     };
     let obj = |seg: &[u8]| -> Result<Map<String, Value>, AuthError> {
         let bytes = b64url_decode(seg).ok_or(AuthError::MalformedToken)?;
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(m)) => Ok(m),
+        match serde_json::from_slice::<StrictValue>(&bytes) {
+            Ok(StrictValue(Value::Object(m))) => Ok(m),
             _ => Err(AuthError::MalformedToken),
         }
     };
@@ -454,6 +545,24 @@ impl JwtAuth {
         if parts.header.contains_key("crit") {
             return Err(AuthError::MalformedToken);
         }
+        // `cty: JWT` says the payload is another token (RFC 7519 §5.2), which we do not unwrap:
+        // refuse rather than read the outer claims that a nesting-aware party would not.
+        if parts
+            .header
+            .get("cty")
+            .and_then(Value::as_str)
+            .is_some_and(|c| c.eq_ignore_ascii_case("JWT"))
+        {
+            return Err(AuthError::MalformedToken);
+        }
+        // Dates must be integer Unix seconds (see the module comment). The library treats an
+        // unparsable `exp` as missing and rounds floats; checked here so that every
+        // non-integer is `malformed_token`, and the `exp` we cache by is the one it checked.
+        for c in ["exp", "nbf", "iat"] {
+            if parts.payload.get(c).is_some_and(|v| v.as_u64().is_none()) {
+                return Err(AuthError::MalformedToken);
+            }
+        }
         let remote = self.remote.as_ref().map(|r| r.keys.load_full());
         let remote = remote.as_ref().and_then(|o| o.as_deref());
         if self.static_keys.is_empty() && remote.is_none() {
@@ -486,17 +595,17 @@ impl JwtAuth {
             return Err(AuthError::AlgNotAllowed);
         }
         let text = std::str::from_utf8(token).map_err(|_| AuthError::MalformedToken)?;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(text, &key.key, &self.validation)
+        // The library verifies the signature and the registered claims; the claims themselves
+        // are `parts.payload`, parsed (strictly) from the same bytes the signature covers, so
+        // they are not built a second time.
+        jsonwebtoken::decode::<de::IgnoredAny>(text, &key.key, &self.validation)
             .map_err(map_error)?;
-        let claims = data.claims;
-        // iat: optional, but when present it must be a number and not in the future.
-        match claims.get("iat") {
-            None => {}
-            Some(v) => match v.as_u64() {
-                Some(iat) if iat <= now + self.leeway => {}
-                Some(_) => return Err(AuthError::TokenNotYetValid),
-                None => return Err(AuthError::MalformedToken),
-            },
+        let claims = &parts.payload;
+        // iat: optional, but when present (an integer, checked above) not in the future.
+        if let Some(iat) = claims.get("iat").and_then(Value::as_u64) {
+            if iat > now.saturating_add(self.leeway) {
+                return Err(AuthError::TokenNotYetValid);
+            }
         }
         if self
             .required_claims
@@ -534,12 +643,12 @@ impl JwtAuth {
             roles: self
                 .roles_claim
                 .as_ref()
-                .map_or_else(Vec::new, |p| strings_at(&claims, p))
+                .map_or_else(Vec::new, |p| strings_at(claims, p))
                 .into(),
             groups: self
                 .groups_claim
                 .as_ref()
-                .map_or_else(Vec::new, |p| strings_at(&claims, p))
+                .map_or_else(Vec::new, |p| strings_at(claims, p))
                 .into(),
             claims: self
                 .forward_claims
@@ -558,7 +667,7 @@ impl JwtAuth {
             policy_claims: self
                 .policy_claims
                 .iter()
-                .map(|p| (p.clone(), claim_values(&claims, p)))
+                .map(|p| (p.clone(), claim_values(claims, p)))
                 .collect::<Vec<_>>()
                 .into(),
             expires_at: claims.get("exp").and_then(Value::as_u64),
@@ -609,29 +718,90 @@ fn map_error(e: jsonwebtoken::errors::Error) -> AuthError {
     }
 }
 
-/// Parse a JWKS document into keys. Refuses secrets (`oct`) and RSA keys under 2048 bits, and
-/// keys whose `alg` is outside `allowed`. Errors are for the config compiler.
+/// Parse a JWKS document into keys. Refuses secrets (`oct`: a JWKS is public), RSA keys
+/// [`rsa_key_checks`] refuses, keys whose `alg` is outside `allowed`, and two keys with one
+/// `kid` (which one would verify?). Errors are for the config compiler and the JWKS fetcher.
 pub fn keys_from_jwks(json: &[u8], allowed: &[Algorithm]) -> Result<Vec<JwtKey>, String> {
     let set: JwkSet =
         serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
-    let mut out = Vec::new();
+    let mut out: Vec<JwtKey> = Vec::new();
     for (i, jwk) in set.keys.iter().enumerate() {
-        out.push(key_from_jwk(jwk, allowed).map_err(|e| format!("keys[{i}]: {e}"))?);
+        // Encryption keys (`use: enc`, RSA-OAEP…) sit in many IdPs' JWKS (Keycloak publishes
+        // one by default) and can never verify a signature: skipped, not an error. Every
+        // other key must be usable, or the whole document is refused.
+        if is_encryption_key(jwk) {
+            continue;
+        }
+        let key = key_from_jwk(jwk, allowed).map_err(|e| format!("keys[{i}]: {e}"))?;
+        if let Some(kid) = &key.kid {
+            if out.iter().any(|k| k.kid.as_ref() == Some(kid)) {
+                return Err(format!("keys[{i}]: duplicate kid {kid:?}"));
+            }
+        }
+        out.push(key);
     }
     if out.is_empty() {
-        return Err("the JWKS holds no keys".into());
+        return Err("the JWKS holds no signature keys".into());
     }
     Ok(out)
 }
 
+fn is_encryption_key(jwk: &Jwk) -> bool {
+    use jsonwebtoken::jwk::{KeyAlgorithm, PublicKeyUse};
+    matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption))
+        || matches!(
+            jwk.common.key_algorithm,
+            Some(KeyAlgorithm::RSA1_5 | KeyAlgorithm::RSA_OAEP | KeyAlgorithm::RSA_OAEP_256)
+        )
+}
+
+/// Big-endian unsigned integer without its leading zero bytes.
+fn trim_zeros(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[start..]
+}
+
+/// The RSA public keys we accept, by modulus `n` and exponent `e` (big-endian, no leading
+/// zeros): what aws-lc verifies with (RFC 7518 §3.3 asks for ≥ 2048 bits; the library's
+/// verifiers take 2048–8192; aws-lc wants an odd `e` from 3 to 2^33 − 1). A key outside these
+/// bounds can never verify a token, and e = 1 or a short modulus would let anyone forge one
+/// with a lax verifier — refuse it when it is loaded, with the reason.
+fn rsa_key_checks(n: &[u8], e: &[u8]) -> Result<(), String> {
+    let bits = n.first().map_or(0, |&top| {
+        (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize)
+    });
+    if bits < 2048 {
+        return Err(format!("RSA key of {bits} bits is too weak (minimum 2048)"));
+    }
+    if bits > 8192 {
+        return Err(format!(
+            "RSA key of {bits} bits is too large (maximum 8192)"
+        ));
+    }
+    if n.last().is_some_and(|b| b & 1 == 0) {
+        return Err("RSA modulus is even: not an RSA key".into());
+    }
+    let e_val = match e.len() {
+        1..=5 => e.iter().fold(0u64, |a, &b| a << 8 | u64::from(b)),
+        _ => u64::MAX,
+    };
+    if e_val < 3 || e_val & 1 == 0 || e_val >= 1 << 33 {
+        return Err("RSA exponent must be odd and between 3 and 2^33 - 1".into());
+    }
+    Ok(())
+}
+
 fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<JwtKey, String> {
+    // RSA components, decoded and checked here; the key is built from them below (with leading
+    // zero bytes removed: some IdPs emit them, and aws-lc refuses such components).
+    let mut rsa: Option<(Vec<u8>, Vec<u8>)> = None;
     let family = match &jwk.algorithm {
         AlgorithmParameters::RSA(p) => {
             let n = b64url_decode(p.n.as_bytes()).ok_or("invalid RSA modulus")?;
-            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
-            if bits < 2048 {
-                return Err(format!("RSA key of {bits} bits is too weak (minimum 2048)"));
-            }
+            let e = b64url_decode(p.e.as_bytes()).ok_or("invalid RSA exponent")?;
+            let (n, e) = (trim_zeros(&n), trim_zeros(&e));
+            rsa_key_checks(n, e)?;
+            rsa = Some((n.to_vec(), e.to_vec()));
             AlgorithmFamily::Rsa
         }
         AlgorithmParameters::EllipticCurve(_) => AlgorithmFamily::Ec,
@@ -656,7 +826,10 @@ fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<JwtKey, String> {
             Some(a)
         }
     };
-    let key = DecodingKey::from_jwk(jwk).map_err(|_| "invalid key parameters".to_string())?;
+    let key = match &rsa {
+        Some((n, e)) => DecodingKey::from_rsa_raw_components(n, e),
+        None => DecodingKey::from_jwk(jwk).map_err(|_| "invalid key parameters".to_string())?,
+    };
     Ok(JwtKey {
         kid: jwk.common.key_id.clone(),
         family,
@@ -665,9 +838,18 @@ fn key_from_jwk(jwk: &Jwk, allowed: &[Algorithm]) -> Result<JwtKey, String> {
     })
 }
 
-/// A public key from PEM: RSA, EC or Ed25519, whichever parses.
+/// A public key from PEM: RSA, EC or Ed25519, whichever parses. RSA keys get the same checks
+/// as in a JWKS ([`rsa_key_checks`]).
 pub fn key_from_pem(pem: &[u8], kid: Option<String>) -> Result<JwtKey, String> {
     let (family, key) = if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        // The library keeps the PKCS#1 RSAPublicKey DER; anything else (a private key, a
+        // certificate) could never verify.
+        let DecodingKeyKind::SecretOrDer(der) = k.kind() else {
+            return Err("not an RSA public key".into());
+        };
+        let rsa = openssl::rsa::Rsa::public_key_from_der_pkcs1(der)
+            .map_err(|_| "not an RSA public key (a private key or a certificate?)".to_string())?;
+        rsa_key_checks(&rsa.n().to_vec(), &rsa.e().to_vec())?;
         (AlgorithmFamily::Rsa, k)
     } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
         (AlgorithmFamily::Ec, k)
@@ -684,7 +866,12 @@ pub fn key_from_pem(pem: &[u8], kid: Option<String>) -> Result<JwtKey, String> {
     })
 }
 
+/// An HMAC key. The caller checks the length (≥ 32 bytes); a secret of only whitespace (a
+/// file of blanks, an unset template) is refused too: it is a configuration mistake, not a key.
 pub fn key_from_secret(secret: &[u8], kid: Option<String>) -> Result<JwtKey, String> {
+    if secret.iter().all(u8::is_ascii_whitespace) {
+        return Err("the secret is blank (only whitespace)".into());
+    }
     Ok(JwtKey {
         kid,
         family: AlgorithmFamily::Hmac,
@@ -698,6 +885,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn encryption_keys_in_a_jwks_are_skipped() {
+        let pem = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/jwt/rsa.key"
+        ))
+        .unwrap();
+        let enc = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+        let mut sig =
+            serde_json::to_value(Jwk::from_encoding_key(&enc, Algorithm::RS256).unwrap()).unwrap();
+        sig["kid"] = "sig-1".into();
+        let mut oaep = sig.clone();
+        oaep["kid"] = "enc-1".into();
+        oaep["alg"] = "RSA-OAEP".into();
+        oaep["use"] = "enc".into();
+        let mut use_enc = sig.clone();
+        use_enc["kid"] = "enc-2".into();
+        use_enc["use"] = "enc".into();
+        let doc = serde_json::json!({ "keys": [oaep, sig, use_enc] }).to_string();
+        let keys = keys_from_jwks(doc.as_bytes(), &[Algorithm::RS256]).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some("sig-1"));
+        // Only encryption keys: nothing to verify with.
+        let only = serde_json::json!({ "keys": [oaep] }).to_string();
+        assert!(keys_from_jwks(only.as_bytes(), &[Algorithm::RS256]).is_err());
+    }
+
+    #[test]
     fn base64url() {
         assert_eq!(b64url_decode(b"").unwrap(), b"");
         assert_eq!(b64url_decode(b"Zg").unwrap(), b"f");
@@ -707,6 +921,82 @@ mod tests {
         assert!(b64url_decode(b"Zm9v=").is_none());
         assert!(b64url_decode(b"Z").is_none());
         assert!(b64url_decode(b"Zm+v").is_none());
+        // Spare bits set: the same bytes in another text.
+        assert!(b64url_decode(b"Zh").is_none());
+        assert!(b64url_decode(b"Zm9").is_none());
+        assert!(b64url_decode(b"Zm-").is_none());
+    }
+
+    #[test]
+    fn duplicate_json_keys_are_malformed() {
+        let seg = |j: &str| {
+            let s: String = j
+                .as_bytes()
+                .chunks(3)
+                .flat_map(|c| {
+                    const A: &[u8; 64] =
+                        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+                    let n = c.iter().fold(0u32, |a, &b| a << 8 | b as u32) << (8 * (3 - c.len()));
+                    (0..=c.len()).map(move |i| A[(n >> (18 - 6 * i) & 63) as usize] as char)
+                })
+                .collect();
+            s
+        };
+        let tok = |h: &str, p: &str| format!("{}.{}.x", seg(h), seg(p));
+        let h = r#"{"alg":"RS256"}"#;
+        // Without duplicates, exactly what serde_json's own `Value` makes (numbers stay numbers
+        // whatever serde_json features another crate turns on).
+        let doc = r#"{"sub":"a","exp":5,"neg":-2,"f":1.5,"big":18446744073709551616,"x":[1,{"y":null,"z":true}],"s":"\u00e9"}"#;
+        let p = split(tok(h, doc).as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            Value::Object(p.payload),
+            serde_json::from_str::<Value>(doc).unwrap()
+        );
+        for (h2, p) in [
+            (r#"{"alg":"none","alg":"RS256"}"#, r#"{"sub":"a"}"#),
+            (h, r#"{"sub":"a","sub":"b"}"#),
+            (h, r#"{"sub":"a","s\u0075b":"b"}"#),
+            (h, r#"{"sub":"a","x":{"y":1,"y":2}}"#),
+            (h, r#"{"sub":"a","x":[[{"y":1,"y":2}]]}"#),
+        ] {
+            assert!(
+                matches!(split(tok(h2, p).as_bytes()), Err(AuthError::MalformedToken)),
+                "{h2} {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn rsa_key_bounds() {
+        let n = |bits: usize| {
+            let mut v = vec![0xffu8; bits.div_ceil(8)];
+            v[0] = 0xff >> (v.len() * 8 - bits);
+            v
+        };
+        let f4 = [1, 0, 1];
+        assert!(rsa_key_checks(&n(2048), &f4).is_ok());
+        assert!(rsa_key_checks(&n(8192), &[3]).is_ok());
+        assert!(rsa_key_checks(&n(2047), &f4)
+            .unwrap_err()
+            .contains("2047 bits"));
+        assert!(rsa_key_checks(&n(8193), &f4)
+            .unwrap_err()
+            .contains("too large"));
+        let mut even = n(2048);
+        *even.last_mut().unwrap() = 0xfe;
+        assert!(rsa_key_checks(&even, &f4).is_err());
+        for e in [
+            &[1u8][..],
+            &[2],
+            &[1, 0, 0],
+            &[2, 0, 0, 0, 1],
+            &[1, 0, 0, 0, 0, 1],
+            &[],
+        ] {
+            assert!(rsa_key_checks(&n(2048), e).is_err(), "{e:?}");
+        }
+        assert!(rsa_key_checks(&n(2048), &[1, 0xff, 0xff, 0xff, 0xff]).is_ok());
+        assert!(key_from_secret(b"   \t\n  ", None).is_err());
     }
 
     fn principal(exp: u64) -> Principal {

@@ -214,6 +214,12 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "Is a directory",
+        ));
+    }
     if !meta.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
