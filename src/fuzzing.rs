@@ -285,15 +285,37 @@ pub fn front_door_outcome(data: &[u8]) -> Option<u16> {
                 assert!(te + cl <= 1, "admitted TE {te} and CL {cl}");
                 let mut upstream = req.clone();
                 let _ = crate::forward::prepare_upstream_request(&mut upstream, &mut ctx);
-                // Credentials never travel upstream.
-                for h in ["x-api-key", "authorization", "cookie"] {
-                    if ctx.route.as_ref().is_some_and(|r| !r.public) {
-                        let v = upstream.headers.get(h).map(|v| v.as_bytes().to_vec());
+                // Credentials never travel upstream: not the key header, not the bearer
+                // token, not the JWT cookie, not the query key.
+                let id = ctx.route.as_ref().map_or("", |r| &*r.id);
+                let (keys, jwt) = (
+                    matches!(id, "keys" | "either"),
+                    matches!(id, "jwt" | "either"),
+                );
+                if keys {
+                    assert!(
+                        upstream.headers.get("x-api-key").is_none(),
+                        "key header forwarded"
+                    );
+                    let query = upstream.uri.query().unwrap_or_default();
+                    assert!(
+                        !query
+                            .split('&')
+                            .any(|p| p.split('=').next() == Some("api_key")),
+                        "query key forwarded: {query:?}"
+                    );
+                }
+                if jwt {
+                    assert!(
+                        upstream.headers.get("authorization").is_none(),
+                        "token forwarded"
+                    );
+                    for c in upstream.headers.get_all("cookie") {
+                        let jar = String::from_utf8_lossy(c.as_bytes()).into_owned();
                         assert!(
-                            !v.is_some_and(|v| v
-                                .windows(API_KEY.len())
-                                .any(|w| w == API_KEY.as_bytes())),
-                            "{h} forwarded"
+                            !jar.split(';')
+                                .any(|p| p.trim_start().starts_with("session=")),
+                            "JWT cookie forwarded: {jar:?}"
                         );
                     }
                 }
