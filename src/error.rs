@@ -241,17 +241,23 @@ pub fn response_header(
 
 /// A whole HTTP/1.1 error response as bytes, for the front door, which answers on the raw
 /// stream before (or instead of) Pingora's HTTP layer: header timeouts, and requests
-/// Pingora's parser refused. Always `Connection: close`; no `Allow` or challenge headers
-/// (these answers never come from a route).
+/// Pingora's parser refused. Always `Connection: close`; no challenge headers (these
+/// answers never come from a route).
 pub fn raw_http1(reject: &Reject, request_id: &str) -> Vec<u8> {
     let body = body(reject, request_id);
+    let allow = match reject {
+        Reject::MethodNotAllowed { allow } => {
+            format!("allow: {}\r\n", crate::route::allow_header(*allow))
+        }
+        _ => String::new(),
+    };
     let status = reject.status();
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Error");
     format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-request-id: {request_id}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-request-id: {request_id}\r\n{allow}connection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

@@ -9,7 +9,7 @@
 //!
 //! | phase | from | deadline | on expiry |
 //! |---|---|---|---|
-//! | header | accept, or the first byte of the next request | `limits.header_timeout` | best-effort JSON 408, connection closed |
+//! | header | accept, or the first byte of the next request | `limits.header_timeout` | best-effort JSON 408, connection closed (silently if no byte came) |
 //! | body | header section complete | none here: Pingora's per-read timeout, set to `limits.idle_timeout` | 408 if nothing was answered yet (`proxy.rs`) |
 //! | keep-alive | response complete | `limits.keepalive_timeout` | clean close (EOF to Pingora) |
 //!
@@ -157,6 +157,15 @@ pub async fn preread_chunked(session: &mut Session, max_body: u64) -> Result<(),
             Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
                 crate::metrics::client_timeout("idle");
                 break Err(Reject::RequestTimeout);
+            }
+            // The client went away mid-body: not a framing verdict.
+            Err(e)
+                if matches!(
+                    e.etype(),
+                    ErrorType::ConnectionClosed | ErrorType::ReadError
+                ) =>
+            {
+                break Err(Reject::BadRequest)
             }
             Err(_) => break Err(Reject::AmbiguousFraming),
         }
@@ -370,8 +379,9 @@ impl AsyncRead for Guarded {
                     return Poll::Pending;
                 }
                 this.timed_out = true;
-                if this.armed == KEEPALIVE {
-                    // An idle keep-alive connection: EOF makes Pingora close it quietly.
+                if this.armed == KEEPALIVE || this.since_head.load(Ordering::Relaxed) == 0 {
+                    // Idle, no request begun (also a preconnect that never sent a byte): EOF
+                    // makes Pingora close it quietly; nobody asked anything to answer 408 to.
                     crate::metrics::client_timeout("keepalive");
                     return Poll::Ready(Ok(()));
                 }
@@ -404,7 +414,9 @@ impl AsyncWrite for Guarded {
                 this.answered_in_header = true;
                 let reject = match buf.get(9..12) {
                     Some(b"400") => Some(Reject::BadRequest),
-                    Some(b"405") => Some(Reject::MethodNotAllowed { allow: 0 }),
+                    Some(b"405") => Some(Reject::MethodNotAllowed {
+                        allow: crate::route::ALL_METHODS,
+                    }),
                     _ => None,
                 };
                 crate::metrics::protocol_rejection(match reject {

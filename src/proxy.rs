@@ -54,29 +54,33 @@ fn conn_facts(session: &Session) -> Conn {
 fn classify(e: &Error) -> Option<Reject> {
     use ErrorType::*;
     match e.etype() {
-        HTTPStatus(413) => Some(Reject::BodyTooLarge),
-        HTTPStatus(400) => Some(Reject::BadRequest),
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
-            match e.esource() {
-                ErrorSource::Downstream => {
-                    // `limits.idle_timeout` (set by `frontdoor::header_complete`).
-                    crate::metrics::client_timeout("idle");
-                    matches!(e.etype(), ReadTimedout).then_some(Reject::RequestTimeout)
-                }
-                _ => Some(Reject::UpstreamTimeout),
+        HTTPStatus(413) => return Some(Reject::BodyTooLarge),
+        HTTPStatus(400) => return Some(Reject::BadRequest),
+        _ => {}
+    }
+    // The client's side first: Pingora reports some client faults with connect-like types
+    // (bytes pipelined behind a request whose answer is pending are a downstream
+    // `ConnectError`), and none of them may look like an upstream failure (a 502 invites
+    // a retry of a request the upstream may already have run).
+    if e.esource() == &ErrorSource::Downstream {
+        return match e.etype() {
+            ReadTimedout | WriteTimedout => {
+                // `limits.idle_timeout` (set by `frontdoor::header_complete`).
+                crate::metrics::client_timeout("idle");
+                matches!(e.etype(), ReadTimedout).then_some(Reject::RequestTimeout)
             }
+            // The client went away: nobody to answer.
+            WriteError | ReadError | ConnectionClosed => None,
+            _ => Some(Reject::BadRequest),
+        };
+    }
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            Some(Reject::UpstreamTimeout)
         }
         ConnectRefused | ConnectNoRoute | ConnectError | BindError | ConnectProxyFailure
         | TLSHandshakeFailure | InvalidCert => Some(Reject::UpstreamConnect),
-        _ => match e.esource() {
-            ErrorSource::Upstream => Some(Reject::UpstreamError),
-            // The client went away or sent garbage mid-body: nobody to answer, or a 400.
-            ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed => None,
-                _ => Some(Reject::BadRequest),
-            },
-            ErrorSource::Internal | ErrorSource::Unset => Some(Reject::UpstreamError),
-        },
+        _ => Some(Reject::UpstreamError),
     }
 }
 

@@ -375,7 +375,7 @@ fn silent_and_idle_h2_connections_are_closed() {
     );
     let m = gw.metrics();
     assert!(
-        metric_value(&m, "portcullis_client_timeouts_total{phase=\"header\"}") >= 1.0,
+        metric_value(&m, "portcullis_client_timeouts_total{phase=\"keepalive\"}") >= 1.0,
         "{m}"
     );
 }
