@@ -93,6 +93,10 @@ pub fn header_complete(session: &mut Session, idle_timeout: Duration) {
 pub fn request_complete(session: &mut Session) {
     if !session.as_downstream_mut().is_body_done() {
         session.set_keepalive(None);
+        // ...with a lingering close: see `Drop for Guarded`.
+        if let Some(g) = guarded(session.as_downstream().stream()) {
+            g.linger.store(true, Ordering::Relaxed);
+        }
         return;
     }
     set_phase(session.as_downstream().stream(), KEEPALIVE);
@@ -207,6 +211,8 @@ pub struct Guarded {
     timed: bool,
     /// A response was seen for the current header phase (counted once).
     answered_in_header: bool,
+    /// Close lingering (the request body was left unread): see `Drop`.
+    linger: std::sync::atomic::AtomicBool,
     /// A JSON answer replacing Pingora's bare refusal, while it is being written.
     reply: Option<Vec<u8>>,
     /// Bytes the last `poll_read` returned.
@@ -243,6 +249,7 @@ impl Guarded {
             answered_in_header: false,
             last_read: 0,
             reply: None,
+            linger: std::sync::atomic::AtomicBool::new(false),
             since_head: AtomicU64::new(0),
             read_limit: AtomicU64::new(u64::MAX),
             timed_out: false,
@@ -340,6 +347,52 @@ impl Guarded {
 }
 
 use std::future::Future;
+
+/// Lingering closes in progress, process-wide, and their bound.
+static LINGERING: AtomicU64 = AtomicU64::new(0);
+const MAX_LINGERING: u64 = 1024;
+/// A lingering close reads and discards for at most this long, this long between reads,
+/// and this much.
+const LINGER_TOTAL: Duration = Duration::from_secs(5);
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Closing a socket with unread bytes makes the kernel send RST, which can destroy the
+/// answer still in flight to the client: a refused upload (401, 413, …) would look like a
+/// network error. So, like nginx's lingering close, the stream's last owner half-closes it
+/// and reads and discards what the client still sends, within bounds, in a task of its own.
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if !self.linger.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+            LINGERING.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let dummy: Stream = Box::new(std::io::Cursor::new(Vec::<u8>::new()));
+        let mut inner = std::mem::replace(&mut self.inner, dummy);
+        rt.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = inner.shutdown().await;
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut left = LINGER_BYTES;
+            let _ = tokio::time::timeout(LINGER_TOTAL, async {
+                while left > 0 {
+                    match tokio::time::timeout(LINGER_IDLE, inner.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                        _ => break,
+                    }
+                }
+            })
+            .await;
+            LINGERING.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
 
 impl AsyncRead for Guarded {
     fn poll_read(

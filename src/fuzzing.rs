@@ -249,9 +249,11 @@ pub fn front_door_outcome(data: &[u8]) -> Option<u16> {
         ));
         let mut session = pingora::proxy::Session::new_h1(stream);
         let limit = Duration::from_secs(5);
+        // The client has closed its side: every read ends, so a timeout is a hang (a finding).
         match tokio::time::timeout(limit, session.read_request()).await {
             Ok(Ok(true)) => {}
-            _ => return None,
+            Ok(_) => return None,
+            Err(_) => panic!("read_request hung"),
         }
         crate::frontdoor::header_complete(&mut session, limits.idle_timeout);
         let raw_bad = session
@@ -270,13 +272,15 @@ pub fn front_door_outcome(data: &[u8]) -> Option<u16> {
             let preread = crate::frontdoor::preread_chunked(&mut session, limits.max_body_bytes);
             admitted = match tokio::time::timeout(limit, preread).await {
                 Ok(r) => r,
-                Err(_) => return None,
+                Err(_) => panic!("the body pre-read hung"),
             };
         }
         match admitted {
             Ok(()) => {
                 let req = session.req_header();
-                assert!(!raw_bad, "admitted a request with bad raw framing");
+                if let Some(h1) = session.as_http1() {
+                    strict_head(&h1.get_headers_raw_bytes());
+                }
                 assert!(ctx.path.starts_with('/'), "admitted path {:?}", ctx.path);
                 assert!(req.raw_path().len() <= limits.max_uri_bytes);
                 assert!(req.headers.len() <= limits.max_headers);
@@ -323,7 +327,8 @@ pub fn front_door_outcome(data: &[u8]) -> Option<u16> {
                 for _ in 0..256 {
                     match tokio::time::timeout(limit, session.read_request_body()).await {
                         Ok(Ok(Some(_))) => {}
-                        _ => break,
+                        Ok(_) => break,
+                        Err(_) => panic!("body read hung"),
                     }
                 }
                 Some(0)
@@ -338,4 +343,56 @@ pub fn front_door_outcome(data: &[u8]) -> Option<u16> {
             }
         }
     })
+}
+
+/// An independent oracle for an admitted HTTP/1 header section (written apart from
+/// `gateway::raw_framing_bad`, on purpose): lines end in CRLF and hold no other CR or LF,
+/// field names are tokens, at most one framing field, and `Transfer-Encoding` is `chunked`.
+fn strict_head(raw: &[u8]) {
+    let text = String::from_utf8_lossy(raw);
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "head does not end in CRLF CRLF: {text:?}"
+    );
+    let lines: Vec<&str> = text[..text.len() - 4].split("\r\n").collect();
+    let mut framing = Vec::new();
+    // Empty lines before the request line are allowed (RFC 9112 §2.2).
+    let start = lines.iter().position(|l| !l.is_empty()).unwrap_or(0);
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            !line.contains(['\r', '\n']),
+            "bare CR/LF in line {i}: {line:?}"
+        );
+        if i <= start {
+            continue;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .unwrap_or_else(|| panic!("no colon: {line:?}"));
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)),
+            "field name is not a token: {name:?}"
+        );
+        let lower = name.to_ascii_lowercase();
+        if lower == "transfer-encoding" || lower == "content-length" {
+            framing.push((lower, value.trim_matches(' ').to_string()));
+        }
+    }
+    assert!(
+        framing.len() <= 1,
+        "several framing fields admitted: {framing:?}"
+    );
+    if let Some((name, value)) = framing.first() {
+        if name == "transfer-encoding" {
+            assert_eq!(value, "chunked", "admitted Transfer-Encoding {value:?}");
+        } else {
+            assert!(
+                !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()),
+                "admitted Content-Length {value:?}"
+            );
+        }
+    }
 }

@@ -496,3 +496,34 @@ fn bytes_pipelined_behind_a_pending_answer_are_a_client_error_not_a_502() {
     assert!(!m.contains("portcullis_upstream_errors_total{"), "{m}");
     assert!(!m.contains("reason=\"upstream_connect_failed\""), "{m}");
 }
+
+#[test]
+fn a_refused_upload_gets_its_answer_not_a_reset() {
+    use std::io::{Read, Write};
+    let rec = Recorder::start();
+    let key_sha = sha("k-1");
+    let gw = Gateway::start(
+        "  limits: { max_body_bytes: 64MiB }\n",
+        &format!(
+            "authenticators:\n  keys:\n    api_key:\n      keys: [{{ id: k1, sha256: \"{key_sha}\", consumer: c }}]\nupstreams:\n  r: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: up, match: {{ path_prefix: / }}, upstream: r, authn: [keys] }}\n",
+            rec.addr
+        ),
+    );
+    // A client that writes its whole 4 MiB body before it reads (no Expect: 100-continue).
+    let body = vec![b'x'; 4 * 1024 * 1024];
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 4194304\r\n\r\n")
+        .unwrap();
+    let sent = s.write_all(&body);
+    assert!(sent.is_ok(), "upload reset by the gateway: {sent:?}");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert_eq!(
+        statuses(&out),
+        vec![401],
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(rec.received().is_empty());
+}
