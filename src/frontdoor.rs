@@ -24,6 +24,8 @@
 //! `h2_options`: streams, header list, reset floods; idle connections closed after
 //! `keepalive_timeout`).
 
+mod chunks;
+
 use crate::error::{self, Reject};
 use crate::gateway;
 use crate::proxy::Gateway;
@@ -84,6 +86,21 @@ pub fn header_complete(session: &mut Session, idle_timeout: Duration) {
     set_phase(session.as_downstream().stream(), BODY);
     session.set_read_timeout(Some(idle_timeout));
     session.set_write_timeout(Some(idle_timeout));
+    let chunked = session
+        .req_header()
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING);
+    let header_len = session
+        .as_http1()
+        .map_or(0, |h1| h1.get_headers_raw_bytes().len() as u64);
+    if let Some(g) = guarded(session.as_downstream().stream()) {
+        g.start_body_check(chunked, header_len);
+    }
+}
+
+/// The chunked body's raw framing was found malformed (for `fail_to_proxy`'s answer).
+pub fn body_framing_bad(session: &Session) -> bool {
+    guarded(session.as_downstream().stream()).is_some_and(|g| g.framing_bad.load(Ordering::Relaxed))
 }
 
 /// The request is answered (called from `logging`). A connection whose request body was not
@@ -137,6 +154,9 @@ pub async fn preread_chunked(session: &mut Session, max_body: u64) -> Result<(),
     let Some(guard) = guarded(session.as_downstream().stream()) else {
         return Ok(());
     };
+    if guard.framing_bad.load(Ordering::Relaxed) {
+        return Err(Reject::AmbiguousFraming);
+    }
     let limit = header_len + REPLAY_CAP;
     guard.read_limit.store(limit, Ordering::Relaxed);
     session.enable_retry_buffering();
@@ -195,6 +215,14 @@ fn set_phase(stream: Option<&Stream>, phase: u8) {
     }
 }
 
+#[derive(Debug, Default)]
+struct BodyCheck {
+    /// A copy of the last read of the header phase: the body's first bytes may be in it.
+    head_tail: Vec<u8>,
+    /// Set for a chunked request until its last chunk: every body byte read is fed to it.
+    chunks: Option<chunks::ChunkCheck>,
+}
+
 /// A downstream HTTP/1 stream with a deadline for the header and keep-alive phases.
 pub struct Guarded {
     inner: Stream,
@@ -211,6 +239,10 @@ pub struct Guarded {
     timed: bool,
     /// A response was seen for the current header phase (counted once).
     answered_in_header: bool,
+    /// The raw-byte check of a chunked body, and the bytes it may need from the header read.
+    body_check: Mutex<BodyCheck>,
+    /// The chunked body broke strict framing: reads fail from then on.
+    framing_bad: std::sync::atomic::AtomicBool,
     /// Close lingering (the request body was left unread): see `Drop`.
     linger: std::sync::atomic::AtomicBool,
     /// A JSON answer replacing Pingora's bare refusal, while it is being written.
@@ -250,6 +282,8 @@ impl Guarded {
             last_read: 0,
             reply: None,
             linger: std::sync::atomic::AtomicBool::new(false),
+            body_check: Mutex::new(BodyCheck::default()),
+            framing_bad: std::sync::atomic::AtomicBool::new(false),
             since_head: AtomicU64::new(0),
             read_limit: AtomicU64::new(u64::MAX),
             timed_out: false,
@@ -286,6 +320,31 @@ impl Guarded {
         }
     }
 
+    /// Arm the strict chunk check for this request's body (see `chunks`), starting with the
+    /// body bytes that came with the header section.
+    fn start_body_check(&self, chunked: bool, header_len: u64) {
+        let Ok(mut check) = self.body_check.lock() else {
+            return;
+        };
+        if !chunked || self.h2 {
+            check.chunks = None;
+            return;
+        }
+        let mut c = chunks::ChunkCheck::default();
+        let seen = self.since_head.load(Ordering::Relaxed);
+        let early = seen.saturating_sub(header_len) as usize;
+        let tail = &check.head_tail;
+        let prefix = &tail[tail.len().saturating_sub(early)..];
+        if c.feed(prefix).is_err() {
+            self.framing_bad.store(true, Ordering::Relaxed);
+            check.chunks = None;
+        } else {
+            check.chunks = (!c.done()).then_some(c);
+        }
+        check.head_tail.clear();
+        check.head_tail.shrink_to(4096);
+    }
+
     /// Read from the inner stream, at most up to `read_limit`; counts `since_head`.
     fn read_limited(
         &mut self,
@@ -293,11 +352,11 @@ impl Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         self.last_read = 0;
+        let before = buf.filled().len();
         let seen = self.since_head.load(Ordering::Relaxed);
         let limit = self.read_limit.load(Ordering::Relaxed);
         let room = limit.saturating_sub(seen);
         let res = if room >= buf.remaining() as u64 {
-            let before = buf.filled().len();
             let r = Pin::new(&mut self.inner).poll_read(cx, buf);
             self.last_read = buf.filled().len() - before;
             r
@@ -315,6 +374,30 @@ impl Guarded {
         };
         self.since_head
             .fetch_add(self.last_read as u64, Ordering::Relaxed);
+        if self.last_read > 0 && !self.h2 {
+            let new = &buf.filled()[before..];
+            if let Ok(check) = self.body_check.get_mut() {
+                if self.armed == HEADER {
+                    check.head_tail.clear();
+                    check.head_tail.extend_from_slice(new);
+                } else if let Some(c) = check.chunks.as_mut() {
+                    if c.feed(new).is_err() {
+                        // Pingora never sees these bytes; its body read fails instead.
+                        self.framing_bad.store(true, Ordering::Relaxed);
+                        check.chunks = None;
+                        buf.set_filled(before);
+                        self.last_read = 0;
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "malformed chunked framing",
+                        )));
+                    }
+                    if c.done() {
+                        check.chunks = None;
+                    }
+                }
+            }
+        }
         res
     }
 

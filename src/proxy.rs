@@ -206,7 +206,12 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let reject = ctx.reject.clone().or_else(|| classify(e));
+        let reject = ctx.reject.clone().or_else(|| {
+            // A body whose raw chunk framing the front door refused.
+            crate::frontdoor::body_framing_bad(session)
+                .then_some(Reject::AmbiguousFraming)
+                .or_else(|| classify(e))
+        });
         let mut code = 0;
         if let Some(reject) = &reject {
             if let (Some(route), Some(target), Reject::UpstreamTimeout | Reject::UpstreamError) =

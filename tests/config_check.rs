@@ -263,3 +263,19 @@ fn limits_are_validated_and_files_must_be_small_regular_files() {
         assert!(t.elapsed() < std::time::Duration::from_secs(5));
     }
 }
+
+#[test]
+fn control_characters_in_yaml_never_split_an_error_line() {
+    for yaml in [
+        "server:\n  listen: [{ addr: \"127.0.0.1:1\" }]\nauthenticators:\n  \"a\\nerror: forged\":\n    api_key: { keys: [] }\nupstreams: {}\nroutes: []\n",
+        "server:\n  listen: [{ addr: \"127.0.0.1:1\" }]\n  limits: { \"x\\n\\nerror: forged\": 1 }\n",
+    ] {
+        let (code, err) = check_text(yaml);
+        assert_eq!(code, 1, "{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        // One error line (plus the summary line), the newline shown escaped.
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(lines[0].contains("\\n"), "{err}");
+        assert!(!err.lines().any(|l| l.starts_with("error: forged")), "{err}");
+    }
+}

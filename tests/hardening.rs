@@ -51,6 +51,10 @@ const SMUGGLING: &[Case] = &[
     ("chunk size negative", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n", 400, AMBIGUOUS),
     ("chunk size not hex", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400, AMBIGUOUS),
     ("chunk bare LF", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n", 400, AMBIGUOUS),
+    ("chunk ext bare LF", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;a=b\nc\r\nA\r\n0\r\n\r\n", 400, AMBIGUOUS),
+    ("chunk size trailing space", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1 \r\nA\r\n0\r\n\r\n", 400, AMBIGUOUS),
+    ("chunk ext control byte", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;a\x01\r\nA\r\n0\r\n\r\n", 400, AMBIGUOUS),
+    ("trailer bare LF", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nA\r\n0\r\nX: y\n\r\n", 400, AMBIGUOUS),
     ("chunk longer than its size", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n", 400, AMBIGUOUS),
     ("bare LF header", b"GET /x HTTP/1.1\nHost: a\n\n", 400, AMBIGUOUS),
     ("bare LF mixed", b"GET /x HTTP/1.1\r\nHost: a\nX-Y: z\r\n\r\n", 400, AMBIGUOUS),
@@ -526,4 +530,63 @@ fn a_refused_upload_gets_its_answer_not_a_reset() {
         String::from_utf8_lossy(&out)
     );
     assert!(rec.received().is_empty());
+}
+
+#[test]
+fn chunked_framing_is_checked_on_the_raw_bytes_all_the_way() {
+    use std::io::{Read, Write};
+    let rec = Recorder::start();
+    let gw = gateway("", &rec);
+    // Legal extensions and whitespace before `;` pass, in pieces as well as whole.
+    for body in [
+        &b"3;a=b\r\nabc\r\n5 ;q=\"x y\"\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"[..],
+        &b"1\r\nA\r\n0\r\n\r\n"[..],
+    ] {
+        rec.clear();
+        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        s.write_all(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        for b in body.chunks(4) {
+            s.write_all(b).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert_eq!(
+            statuses(&out),
+            vec![200],
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    // A desync form far into a large body (after the pre-read window): the request fails
+    // with 400 and the upstream's copy stays incomplete.
+    rec.clear();
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let piece = format!("{:x}\r\n{}\r\n", 8192, "z".repeat(8192));
+    for _ in 0..12 {
+        s.write_all(piece.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = s.write_all(b"1;a=b\nc\r\nA\r\n0\r\n\r\n");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert_eq!(statuses(&out), vec![400], "{text}");
+    assert!(text.contains("\"error\":\"ambiguous_framing\""), "{text}");
+    std::thread::sleep(Duration::from_millis(50));
+    let got = rec.received();
+    assert!(!got.is_empty(), "the large body was streamed");
+    assert!(
+        !got.ends_with(b"0\r\n\r\n"),
+        "the upstream received a complete request"
+    );
+    assert!(
+        !got.windows(5).any(|w| w == b"a=b\nc"),
+        "the malformed line reached the upstream"
+    );
 }

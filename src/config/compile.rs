@@ -55,15 +55,16 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(Issue {
-            path: path.into(),
-            message: message.into(),
+            path: super::escape_controls(&path.into()),
+            message: super::escape_controls(&message.into()),
         });
     }
 
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        // Paths and messages may quote YAML keys and values: one issue, one line.
         self.issues.push(Issue {
-            path: path.into(),
-            message: message.into(),
+            path: super::escape_controls(&path.into()),
+            message: super::escape_controls(&message.into()),
         });
     }
 

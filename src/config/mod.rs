@@ -205,6 +205,21 @@ pub struct Config {
     pub source_sha256: String,
 }
 
+/// The parser quotes names and values from the YAML in its messages; a control character
+/// there (a newline in a key) would split one error into several log lines or forge some.
+pub(crate) fn escape_controls(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 /// Largest file the config reads: itself, key, secret, JWKS and certificate files.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -275,5 +290,5 @@ pub fn load_str(text: &str, base: &Path) -> Result<Config, ConfigError> {
 /// Parse YAML into the raw structs. serde_yaml_ng reports the YAML path of the failing node
 /// (`server.listen[0]: unknown field ...`) plus line and column.
 pub fn parse(text: &str) -> Result<raw::RawConfig, ConfigError> {
-    serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))
+    serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(escape_controls(&e.to_string())))
 }
