@@ -302,6 +302,12 @@ impl Guarded {
         if phase == HEADER {
             self.since_head.store(0, Ordering::Relaxed);
         }
+        if phase != BODY {
+            // A body check never outlives its request.
+            if let Ok(check) = self.body_check.get_mut() {
+                check.chunks = None;
+            }
+        }
         self.timed = after.is_some();
         if let (Some(t), Ok(d)) = (after, self.deadline.get_mut()) {
             // One timer per connection, moved rather than reallocated for each phase.
@@ -377,7 +383,8 @@ impl Guarded {
         if self.last_read > 0 && !self.h2 {
             let new = &buf.filled()[before..];
             if let Ok(check) = self.body_check.get_mut() {
-                if self.armed == HEADER {
+                // (A read in the keep-alive phase is the next request's first.)
+                if self.armed == HEADER || self.armed == KEEPALIVE {
                     check.head_tail.clear();
                     check.head_tail.extend_from_slice(new);
                 } else if let Some(c) = check.chunks.as_mut() {

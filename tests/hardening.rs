@@ -590,3 +590,49 @@ fn chunked_framing_is_checked_on_the_raw_bytes_all_the_way() {
         "the malformed line reached the upstream"
     );
 }
+
+#[test]
+fn a_chunked_upload_on_a_reused_connection_is_checked_from_its_first_byte() {
+    use std::io::{Read, Write};
+    let rec = Recorder::start();
+    let gw = gateway("", &rec);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let read_one = |s: &mut std::net::TcpStream| {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while parse_response(&out, false).is_none() {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+        parse_response(&out, false).unwrap()
+    };
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_one(&mut s).status, 200);
+    // The second request's head and first chunks in one write, the rest in pieces later.
+    let piece = format!("{:x}\r\n{}\r\n", 5000, "q".repeat(5000));
+    let mut first =
+        b"POST /second HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    first.extend_from_slice(piece.as_bytes());
+    s.write_all(&first).unwrap();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(3));
+        s.write_all(piece.as_bytes()).unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let r = read_one(&mut s);
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(50));
+    let got = rec.received();
+    let second = got.windows(12).position(|w| w == b"POST /second").unwrap();
+    let body = dechunk(&got[second..]);
+    assert_eq!(
+        body.len(),
+        21 * 5000,
+        "{}",
+        String::from_utf8_lossy(&got[second..second + 400])
+    );
+    assert!(body.iter().all(|&b| b == b'q'));
+}
