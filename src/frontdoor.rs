@@ -334,6 +334,9 @@ impl Guarded {
         };
         if !chunked || self.h2 {
             check.chunks = None;
+            // A large first read (a body sent with the header) is not kept per connection.
+            check.head_tail.clear();
+            check.head_tail.shrink_to(4096);
             return;
         }
         let mut c = chunks::ChunkCheck::default();
