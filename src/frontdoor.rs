@@ -90,9 +90,11 @@ pub fn header_complete(session: &mut Session, idle_timeout: Duration) {
         .req_header()
         .headers
         .contains_key(http::header::TRANSFER_ENCODING);
-    let header_len = session
-        .as_http1()
-        .map_or(0, |h1| h1.get_headers_raw_bytes().len() as u64);
+    // Only a chunked request needs where its header section ended.
+    let header_len = match session.as_http1() {
+        Some(h1) if chunked => h1.get_headers_raw_bytes().len() as u64,
+        _ => 0,
+    };
     if let Some(g) = guarded(session.as_downstream().stream()) {
         g.start_body_check(chunked, header_len);
     }

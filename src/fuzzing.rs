@@ -127,17 +127,6 @@ fn b64url(data: &[u8]) -> String {
     out
 }
 
-fn hs256(message: &[u8]) -> Vec<u8> {
-    use openssl::{hash::MessageDigest, pkey::PKey, sign::Signer};
-    PKey::hmac(SECRET)
-        .and_then(|k| {
-            let mut s = Signer::new(MessageDigest::sha256(), &k)?;
-            s.update(message)?;
-            s.sign_to_vec()
-        })
-        .unwrap_or_default()
-}
-
 /// JWT handling on our side. The input is used twice: as a whole token, and split at the
 /// first NUL into a header and a claims document that are then correctly signed — so the
 /// fuzzer reaches header and claims parsing, which a forged signature would never get past.
@@ -153,7 +142,8 @@ pub fn jwt_outcome(data: &[u8]) -> usize {
     let mut tokens = vec![data.to_vec()];
     if let Some(i) = data.iter().position(|&b| b == 0) {
         let signing_input = format!("{}.{}", b64url(&data[..i]), b64url(&data[i + 1..]));
-        let sig = hs256(signing_input.as_bytes());
+        let sig =
+            crate::audit::chain::hmac_sha256(SECRET, signing_input.as_bytes()).unwrap_or_default();
         tokens.push(format!("{signing_input}.{}", b64url(&sig)).into_bytes());
     }
     let _ = auth::jwt::split(data);

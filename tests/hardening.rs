@@ -7,13 +7,7 @@ use common::*;
 use std::time::{Duration, Instant};
 
 fn gateway(server_extra: &str, rec: &Recorder) -> Gateway {
-    Gateway::start(
-        server_extra,
-        &format!(
-            "upstreams:\n  r: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: all, match: {{ path_prefix: / }}, upstream: r, public: true }}\n",
-            rec.addr
-        ),
-    )
+    Gateway::start(server_extra, &public_route("r", rec.addr))
 }
 
 /// (name, raw request, status, error code — `None` for a request Pingora's parser refuses
@@ -185,7 +179,7 @@ fn size_limits_answer_414_431_413_before_the_upstream() {
     let gw = gateway("  limits: { max_body_bytes: 100KiB }\n", &rec);
     rec.clear();
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
-    use std::io::{Read, Write};
+    use std::io::Write;
     s.write_all(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         .unwrap();
     let piece = format!("{:x}\r\n{}\r\n", 8192, "z".repeat(8192));
@@ -198,9 +192,7 @@ fn size_limits_answer_414_431_413_before_the_upstream() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = s.write_all(b"0\r\n\r\n");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    let out = read_to_close(&mut s, 5);
     assert_eq!(
         statuses(&out),
         vec![413],
@@ -304,10 +296,7 @@ fn slow_clients_are_cut_without_holding_threads() {
     let gw = Gateway::start_edited(
         "",
         "  limits: { header_timeout: 1s, idle_timeout: 1s, keepalive_timeout: 2s }\n",
-        &format!(
-            "upstreams:\n  r: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: all, match: {{ path_prefix: / }}, upstream: r, public: true }}\n",
-            rec.addr
-        ),
+        &public_route("r", rec.addr),
         |t| t.replace("threads: 2", "threads: 1"),
     );
     let before = threads(gw.proc.pid());
@@ -423,7 +412,7 @@ fn dechunk(raw: &[u8]) -> Vec<u8> {
 
 #[test]
 fn chunked_bodies_arrive_intact_after_the_pre_read() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let rec = Recorder::start();
     let gw = gateway("", &rec);
     let payload = |n: usize| -> Vec<u8> { (0..n).map(|i| b'a' + (i * 7 % 26) as u8).collect() };
@@ -457,9 +446,7 @@ fn chunked_bodies_arrive_intact_after_the_pre_read() {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
+        let out = read_to_close(&mut s, 10);
         assert_eq!(
             statuses(&out),
             vec![200],
@@ -472,23 +459,15 @@ fn chunked_bodies_arrive_intact_after_the_pre_read() {
 
 #[test]
 fn bytes_pipelined_behind_a_pending_answer_are_a_client_error_not_a_502() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let e = Echo::start("e");
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "upstreams:\n  e: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: all, match: {{ path_prefix: / }}, upstream: e, public: true }}\n",
-            e.addr
-        ),
-    );
+    let gw = Gateway::start("", &public_route("e", e.addr));
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\nx-echo-delay-ms: 600\r\n\r\n")
         .unwrap();
     std::thread::sleep(Duration::from_millis(150));
     s.write_all(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    let out = read_to_close(&mut s, 5);
     let got = statuses(&out);
     assert!(!got.contains(&502), "{}", String::from_utf8_lossy(&out));
     assert!(
@@ -503,7 +482,7 @@ fn bytes_pipelined_behind_a_pending_answer_are_a_client_error_not_a_502() {
 
 #[test]
 fn a_refused_upload_gets_its_answer_not_a_reset() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let rec = Recorder::start();
     let key_sha = sha("k-1");
     let gw = Gateway::start(
@@ -520,9 +499,7 @@ fn a_refused_upload_gets_its_answer_not_a_reset() {
         .unwrap();
     let sent = s.write_all(&body);
     assert!(sent.is_ok(), "upload reset by the gateway: {sent:?}");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    let out = read_to_close(&mut s, 5);
     assert_eq!(
         statuses(&out),
         vec![401],
@@ -534,7 +511,7 @@ fn a_refused_upload_gets_its_answer_not_a_reset() {
 
 #[test]
 fn chunked_framing_is_checked_on_the_raw_bytes_all_the_way() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let rec = Recorder::start();
     let gw = gateway("", &rec);
     // Legal extensions and whitespace before `;` pass, in pieces as well as whole.
@@ -550,9 +527,7 @@ fn chunked_framing_is_checked_on_the_raw_bytes_all_the_way() {
             s.write_all(b).unwrap();
             std::thread::sleep(Duration::from_millis(2));
         }
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
+        let out = read_to_close(&mut s, 5);
         assert_eq!(
             statuses(&out),
             vec![200],
@@ -572,9 +547,7 @@ fn chunked_framing_is_checked_on_the_raw_bytes_all_the_way() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = s.write_all(b"1;a=b\nc\r\nA\r\n0\r\n\r\n");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    let out = read_to_close(&mut s, 5);
     let text = String::from_utf8_lossy(&out).into_owned();
     assert_eq!(statuses(&out), vec![400], "{text}");
     assert!(text.contains("\"error\":\"ambiguous_framing\""), "{text}");

@@ -25,30 +25,41 @@ struct Frame {
     payload: Vec<u8>,
 }
 
+/// Append one frame (9-byte header, then the payload) to `out`.
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// A TLS connection to `port` that negotiated ALPN h2 (nothing sent yet).
+fn tls_h2(port: u16) -> SslStream<TcpStream> {
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_alpn_protos(b"\x02h2").unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let s = b.build().connect("localhost", tcp).unwrap();
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    s
+}
+
 struct H2 {
     s: SslStream<TcpStream>,
 }
 
 impl H2 {
     fn connect(port: u16) -> H2 {
-        let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
-        b.set_verify(SslVerifyMode::NONE);
-        b.set_alpn_protos(b"\x02h2").unwrap();
-        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let s = b.build().connect("localhost", tcp).unwrap();
-        assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
-        let mut h = H2 { s };
+        let mut h = H2 { s: tls_h2(port) };
         h.s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
         h.send(SETTINGS, 0, 0, &[]);
         h
     }
 
     fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-        let len = payload.len() as u32;
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
+        let mut f = Vec::new();
+        frame(&mut f, kind, flags, stream, payload);
         self.s.write_all(&f).unwrap();
     }
 
@@ -136,19 +147,8 @@ fn attempts(metrics: &str) -> f64 {
 fn start(limits: &str) -> (Gateway, Echo, u16) {
     let e = Echo::start("e");
     let port = free_port();
-    let extra = format!(
-        "    - addr: \"127.0.0.1:{port}\"\n      tls: {{ cert: \"{}\", key: \"{}\" }}\n",
-        fixture("tls/server.pem"),
-        fixture("tls/server.key")
-    );
-    let gw = Gateway::start_with(
-        &extra,
-        limits,
-        &format!(
-            "upstreams:\n  e: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: all, match: {{ path_prefix: / }}, upstream: e, public: true }}\n",
-            e.addr
-        ),
-    );
+    let extra = tls_listener(port);
+    let gw = Gateway::start_with(&extra, limits, &public_route("e", e.addr));
     (gw, e, port)
 }
 
@@ -287,17 +287,14 @@ fn rapid_reset_flood_ends_the_connection_and_spares_others() {
     for i in 0..1000u32 {
         let id = 1 + 2 * i;
         let block = request_block(0x82, "/reset", &[]);
-        let mut frame = Vec::new();
+        let mut frames = Vec::new();
         for (kind, flags, payload) in [
             (HEADERS, END_HEADERS | END_STREAM, block),
             (RST_STREAM, 0, 0x8u32.to_be_bytes().to_vec()),
         ] {
-            let len = payload.len() as u32;
-            frame.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
-            frame.extend_from_slice(&id.to_be_bytes());
-            frame.extend_from_slice(&payload);
+            frame(&mut frames, kind, flags, id, &payload);
         }
-        if h.s.write_all(&frame).is_err() {
+        if h.s.write_all(&frames).is_err() {
             break;
         }
         sent += 1;
@@ -339,12 +336,7 @@ fn rapid_reset_flood_ends_the_connection_and_spares_others() {
 fn silent_and_idle_h2_connections_are_closed() {
     let (gw, _e, port) = start("  limits: { header_timeout: 1s, keepalive_timeout: 2s }\n");
     // TLS done, ALPN h2, but no preface: closed after header_timeout, no HTTP/1 408 text.
-    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
-    b.set_verify(SslVerifyMode::NONE);
-    b.set_alpn_protos(b"\x02h2").unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut s = b.build().connect("localhost", tcp).unwrap();
+    let mut s = tls_h2(port);
     let t = Instant::now();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);

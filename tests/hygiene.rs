@@ -5,13 +5,7 @@ mod common;
 use common::*;
 
 fn gateway(server_extra: &str, echo: &Echo) -> Gateway {
-    Gateway::start(
-        server_extra,
-        &format!(
-            "upstreams:\n  e: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: all, match: {{ path_prefix: / }}, upstream: e, public: true }}\n",
-            echo.addr
-        ),
-    )
+    Gateway::start(server_extra, &public_route("e", echo.addr))
 }
 
 const SPOOF: &str = "GET /x HTTP/1.1\r\nHost: api.example.com:8443\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Request-Id: client-chosen-id\r\nConnection: close\r\n\r\n";
@@ -177,19 +171,8 @@ fn ambiguous_framing_is_rejected() {
 fn tls_listener_serves_https_and_sets_proto() {
     let e = Echo::start("e");
     let port = free_port();
-    let extra = format!(
-        "    - addr: \"127.0.0.1:{port}\"\n      tls: {{ cert: \"{}\", key: \"{}\" }}\n",
-        fixture("tls/server.pem"),
-        fixture("tls/server.key")
-    );
-    let gw = Gateway::start_with(
-        &extra,
-        "",
-        &format!(
-            "upstreams:\n  e: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ id: all, match: {{ path_prefix: / }}, upstream: e, public: true }}\n",
-            e.addr
-        ),
-    );
+    let extra = tls_listener(port);
+    let gw = Gateway::start_with(&extra, "", &public_route("e", e.addr));
     let out = std::process::Command::new("curl")
         .args([
             "-sS",

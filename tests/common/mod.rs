@@ -844,3 +844,27 @@ pub fn statuses(raw: &[u8]) -> Vec<u16> {
         })
         .collect()
 }
+
+/// Config body with one public catch-all route `all` to one upstream pool named `pool`.
+pub fn public_route(pool: &str, upstream: SocketAddr) -> String {
+    format!(
+        "upstreams:\n  {pool}: {{ targets: [\"{upstream}\"] }}\nroutes:\n  - {{ id: all, match: {{ path_prefix: / }}, upstream: {pool}, public: true }}\n"
+    )
+}
+
+/// An extra `server.listen` entry: TLS on `port` with the fixture server certificate.
+pub fn tls_listener(port: u16) -> String {
+    format!(
+        "    - addr: \"127.0.0.1:{port}\"\n      tls: {{ cert: \"{}\", key: \"{}\" }}\n",
+        fixture("tls/server.pem"),
+        fixture("tls/server.key")
+    )
+}
+
+/// Everything the peer sends until it closes (or `secs` of silence).
+pub fn read_to_close(s: &mut TcpStream, secs: u64) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(secs))).ok();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
