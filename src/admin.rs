@@ -49,8 +49,10 @@ impl ServeHttp for AdminApp {
             "/config" => json(StatusCode::OK, self.state.config_status.load().to_json()),
             "/readyz" => {
                 let snap = self.state.snapshot.load();
-                // Ready once upstream health checks and every JWKS URL had a first round.
+                // Ready once upstream health checks and every JWKS URL had a first round, and
+                // every signal we answer has its handler (a SIGHUP before that would kill us).
                 if self.state.ready.load(Ordering::Acquire)
+                    && crate::upgrade::signals_ready()
                     && crate::auth::jwks::all_attempted(&snap)
                 {
                     json(

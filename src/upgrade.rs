@@ -373,11 +373,18 @@ pub fn handler_installed() {
     HANDLERS.fetch_add(1, Ordering::AcqRel);
 }
 
+/// True once every signal handler is installed: `/readyz` waits for it, so an operator (or a
+/// test) who sees "ready" can send SIGHUP/SIGUSR1/SIGUSR2 without hitting a default action
+/// that would kill the process.
+pub fn signals_ready() -> bool {
+    HANDLERS.load(Ordering::Acquire) >= ALL_HANDLERS
+}
+
 /// [`notify_ready`] once every signal handler is installed (at most 10 s of waiting): before
 /// that, a `systemctl reload` or `kill -USR2` could find no handler.
 pub async fn notify_ready_when_handled() {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while HANDLERS.load(Ordering::Acquire) < ALL_HANDLERS && Instant::now() < deadline {
+    while !signals_ready() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     notify_ready();
