@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deterministic companion to scripts/bench.sh: user-space instructions per request of
-# (b) the bare Pingora proxy and (c) portcullis on a public route, counted by
+# (b) the bare Pingora proxy, (c) portcullis on a public route and (d) portcullis on an RS256
+# JWT route (same token every request: verified-token cache hits), counted by
 # valgrind --tool=callgrind over N keep-alive requests (after a warm-up). Instruction counts
 # do not depend on what else the shared machine is doing, so the ratio (c)/(b) is repeatable.
 # Kernel time (syscalls, TCP) is not included; scripts/bench.sh measures that side.
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 >/dev/null; }
-cargo build --release --bin portcullis --example bare_proxy 2>&1 | tail -1
+cargo build --release --bin portcullis --example bare_proxy --example mint_tokens 2>&1 | tail -1
 N=${N:-3000}
 BIN=${CARGO_TARGET_DIR:-target}/release/portcullis
 WORK=$(mktemp -d)
@@ -27,17 +28,28 @@ server:
   pid_file: $WORK/gw.pid
   upgrade_sock: $WORK/gw.sock
   grace_period: 0s
+authenticators:
+  idp:
+    jwt:
+      issuer: "https://bench.test/"
+      algorithms: [RS256]
+      keys: [{ kid: bench, pem_file: "$PWD/tests/fixtures/jwt/rsa.pub.pem" }]
 upstreams:
   echo: { targets: ["127.0.0.1:$P_UP"] }
 routes:
+  - { id: jwt, match: { path_prefix: /jwt }, upstream: echo, authn: [idp] }
   - { id: bench, match: { path_prefix: / }, upstream: echo, public: true }
 YAML
+TOKEN=$("${CARGO_TARGET_DIR:-target}/release/examples/mint_tokens" 1 tests/fixtures/jwt/rsa.key bench https://bench.test/)
 cat > "$WORK/load.py" <<'PY'
 import http.client, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+headers = {"User-Agent": "bench"}
+if len(sys.argv) > 4:
+    headers["Authorization"] = "Bearer " + sys.argv[4]
 c = http.client.HTTPConnection("127.0.0.1", port)
 for _ in range(n):
-    c.request("GET", "/bench/path?q=1", headers={"User-Agent": "bench"})
+    c.request("GET", path, headers=headers)
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
@@ -47,20 +59,23 @@ RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/gw.cg" $BIN 
 for p in $P_BARE $P_GW; do
   for _ in $(seq 1 600); do curl -fsS -o /dev/null "http://127.0.0.1:$p/warm" 2>/dev/null && break; sleep 0.1; done
 done
-count() { # name port pid
-  python3 "$WORK/load.py" "$2" 300
+count() { # name port pid path [token]
+  python3 "$WORK/load.py" "$2" 300 "$4" ${5:-}
   callgrind_control -z "$3" >/dev/null 2>&1
-  python3 "$WORK/load.py" "$2" "$N"
+  python3 "$WORK/load.py" "$2" "$N" "$4" ${5:-}
   callgrind_control -d "$3" >/dev/null 2>&1
   sleep 1
-  local f; f=$(ls -t "$WORK/$1.cg"* | head -1)
+  local base=gw; [[ $1 == bare ]] && base=bare
+  local f; f=$(ls -t "$WORK/$base.cg"* | head -1)
   mkdir -p target/callgrind && cp "$f" "target/callgrind/$1.out"
   awk -v n="$N" '/^(summary|totals):/ {print int($2 / n); exit}' "$f"
 }
-B=$(count bare $P_BARE $VB)
-C=$(count gw $P_GW $VG)
+B=$(count bare $P_BARE $VB /bench/path?q=1)
+C=$(count gw $P_GW $VG /bench/path?q=1)
+D=$(count jwt $P_GW $VG /jwt/bench/path?q=1 "$TOKEN")
 echo "user-space instructions per request (callgrind, $N requests):"
 echo "  b_bare_pingora       $B"
 echo "  c_portcullis_public  $C"
-echo "  profiles: target/callgrind/{bare,gw}.out (callgrind_annotate --inclusive=yes)"
-awk -v b="$B" -v c="$C" 'BEGIN { printf "  ratio (c)/(b) = %.3f, portcullis adds %d instructions per request\n", c / b, c - b }'
+echo "  d_portcullis_jwt     $D"
+echo "  profiles: target/callgrind/{bare,gw,jwt}.out (callgrind_annotate --inclusive=yes)"
+awk -v b="$B" -v c="$C" -v d="$D" 'BEGIN { printf "  ratio (c)/(b) = %.3f, portcullis adds %d instructions per request\n  ratio (d)/(b) = %.3f, (d)-(c) = %d\n", c / b, c - b, d / b, d - c }'

@@ -3,7 +3,9 @@
 //! black-box tests and the benchmarks use it as the real service behind the gateway.
 //!
 //! Test hooks, read from request headers: `x-echo-delay-ms` (sleep before answering, at most
-//! 60 s) and `x-echo-status` (status code to answer with).
+//! 60 s), `x-echo-status` (status code to answer with) and `x-echo-bytes` (answer with that
+//! many bytes of `x` instead of the JSON description, at most 64 MiB: a large response for
+//! slow-reader tests).
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -57,6 +59,15 @@ impl ServeHttp for EchoApp {
             .and_then(|v| v.parse::<u16>().ok())
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::OK);
+        if let Some(n) = header("x-echo-bytes").and_then(|v| v.parse::<usize>().ok()) {
+            let body = vec![b'x'; n.min(MAX_BODY)];
+            return Response::builder()
+                .status(status)
+                .header("content-type", "text/plain")
+                .header("content-length", body.len())
+                .body(body)
+                .unwrap_or_default();
+        }
         let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in req.headers.iter() {
             headers

@@ -202,7 +202,9 @@ pub fn response_header(
     request_id: &str,
     body_len: usize,
 ) -> Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(reject.status(), Some(6))?;
+    // No case map: refusals are the cheap path (S7 in benches/RESULTS.md), and every name
+    // here is ours.
+    let mut h = ResponseHeader::build_no_case(reject.status(), Some(8))?;
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body_len.to_string())?;
     h.insert_header("cache-control", "no-store")?;

@@ -10,8 +10,16 @@
 //! | phase | from | deadline | on expiry |
 //! |---|---|---|---|
 //! | header | accept, or the first byte of the next request | `limits.header_timeout` | best-effort JSON 408, connection closed (silently if no byte came) |
-//! | body | header section complete | none here: Pingora's per-read timeout, set to `limits.idle_timeout` | 408 if nothing was answered yet (`proxy.rs`) |
+//! | body | header section complete | `limits.idle_timeout` without progress while a body read or a response write waits | 408 if nothing was answered yet (`proxy.rs`), else the connection is cut |
 //! | keep-alive | response complete | `limits.keepalive_timeout` | clean close (EOF to Pingora) |
+//!
+//! The body-phase idle timer is armed only when a read or write actually waits (`Pending`)
+//! and disarmed by progress, so a request whose reads and writes complete at once pays no
+//! timer at all. (Pingora's own per-operation read/write timeouts would register a timer on
+//! its timer wheel for every write: ≈ 2.5 per request, ≈ 5 k instructions — see
+//! docs/performance.md.) Once the request body is complete (or there is none), a waiting
+//! read is Pingora's probe for the client closing and is not timed: the upstream may take
+//! as long as its own timeouts allow.
 //!
 //! A stalled connection costs a parked task and its buffer, never a thread. Everything cut
 //! is counted (`portcullis_client_timeouts_total{phase}`); a response Pingora writes while
@@ -83,13 +91,30 @@ const KEEPALIVE: u8 = 2;
 /// The request's header section is complete (called from `early_request_filter`): the
 /// header deadline is off, and body reads and response writes get the idle timeout.
 pub fn header_complete(session: &mut Session, idle_timeout: Duration) {
-    set_phase(session.as_downstream().stream(), BODY);
-    session.set_read_timeout(Some(idle_timeout));
-    session.set_write_timeout(Some(idle_timeout));
-    let chunked = session
-        .req_header()
-        .headers
-        .contains_key(http::header::TRANSFER_ENCODING);
+    let headers = &session.req_header().headers;
+    let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
+    // A body is expected when it is chunked or has a non-zero length (an HTTP/1 request
+    // with neither has none: RFC 9112 §6.3).
+    let body = chunked
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    match guarded(session.as_downstream().stream()) {
+        Some(g) if !g.h2 => {
+            g.idle_ms
+                .store(idle_timeout.as_millis() as u64, Ordering::Relaxed);
+            g.body_open.store(body, Ordering::Relaxed);
+            g.phase.store(BODY, Ordering::Release);
+            // Pingora's default 60 s per-read timeout would put a timer on every body read;
+            // the idle timer above replaces it.
+            session.set_read_timeout(None);
+        }
+        // HTTP/2 (or a stream we do not wrap): Pingora's per-operation timeouts.
+        _ => {
+            session.set_read_timeout(Some(idle_timeout));
+            session.set_write_timeout(Some(idle_timeout));
+        }
+    }
     // Only a chunked request needs where its header section ended.
     let header_len = match session.as_http1() {
         Some(h1) if chunked => h1.get_headers_raw_bytes().len() as u64,
@@ -98,6 +123,19 @@ pub fn header_complete(session: &mut Session, idle_timeout: Duration) {
     if let Some(g) = guarded(session.as_downstream().stream()) {
         g.start_body_check(chunked, header_len);
     }
+}
+
+/// The request body has been read to its end (`request_body_filter`, end of stream): a
+/// waiting read is no longer timed (see the module comment).
+pub fn body_complete(session: &Session) {
+    if let Some(g) = guarded(session.as_downstream().stream()) {
+        g.body_open.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The body-phase idle timeout cut this request (for `fail_to_proxy`'s answer: 408).
+pub fn idle_timed_out(session: &Session) -> bool {
+    guarded(session.as_downstream().stream()).is_some_and(|g| g.idle_fired.load(Ordering::Relaxed))
 }
 
 /// The chunked body's raw framing was found malformed (for `fail_to_proxy`'s answer).
@@ -184,6 +222,7 @@ pub async fn preread_chunked(session: &mut Session, max_body: u64) -> Result<(),
                 crate::metrics::client_timeout("idle");
                 break Err(Reject::RequestTimeout);
             }
+            Err(_) if idle_timed_out(session) => break Err(Reject::RequestTimeout),
             // The client went away mid-body: not a framing verdict.
             Err(e)
                 if matches!(
@@ -256,6 +295,15 @@ pub struct Guarded {
     /// While `preread_chunked` runs: reads stop at this `since_head` value.
     read_limit: AtomicU64,
     timed_out: bool,
+    /// `limits.idle_timeout` of the current request, in ms (set by [`header_complete`]).
+    idle_ms: AtomicU64,
+    /// The request body is not yet read to its end: a waiting read is timed.
+    body_open: std::sync::atomic::AtomicBool,
+    /// `deadline` is running as the body-phase idle timer (since the first wait after the
+    /// last progress).
+    idle_armed: bool,
+    /// The idle timer fired during this request.
+    idle_fired: std::sync::atomic::AtomicBool,
     /// An HTTP/2 connection (ALPN h2): only the preface is timed here (`header_timeout`);
     /// after it, the h2 layer's idle timeout and limits apply.
     h2: bool,
@@ -289,7 +337,60 @@ impl Guarded {
             since_head: AtomicU64::new(0),
             read_limit: AtomicU64::new(u64::MAX),
             timed_out: false,
+            idle_ms: AtomicU64::new(0),
+            body_open: std::sync::atomic::AtomicBool::new(false),
+            idle_armed: false,
+            idle_fired: std::sync::atomic::AtomicBool::new(false),
             h2: false,
+        }
+    }
+
+    /// A body-phase read or write is waiting: whether the idle timeout has passed since the
+    /// first wait after the last progress (arms the timer on that first wait, and registers
+    /// the waker). Only called on `Pending`, so progress costs nothing.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Ok(d) = self.deadline.get_mut() else {
+            return false;
+        };
+        if !self.idle_armed {
+            let ms = self.idle_ms.load(Ordering::Relaxed);
+            d.as_mut().reset(Instant::now() + Duration::from_millis(ms));
+            self.idle_armed = true;
+        }
+        if d.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if !self.idle_fired.swap(true, Ordering::Relaxed) {
+            crate::metrics::client_timeout("idle");
+        }
+        true
+    }
+
+    /// The body-phase rules for a write's outcome (HTTP/1 only; see the module comment).
+    fn after_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if self.h2 {
+            return r;
+        }
+        match r {
+            Poll::Pending if self.phase.load(Ordering::Relaxed) == BODY => {
+                if self.idle_expired(cx) {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "response write idle timeout",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.idle_armed = false;
+                ready
+            }
         }
     }
 
@@ -301,6 +402,10 @@ impl Guarded {
         };
         self.armed = phase;
         self.answered_in_header = false;
+        self.idle_armed = false;
+        if phase == BODY {
+            self.idle_fired.store(false, Ordering::Relaxed);
+        }
         if phase == HEADER {
             self.since_head.store(0, Ordering::Relaxed);
         }
@@ -505,6 +610,20 @@ impl AsyncRead for Guarded {
         }
         let result = this.read_limited(cx, buf);
         match result {
+            Poll::Ready(r) if this.armed == BODY => {
+                this.idle_armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.armed == BODY => {
+                if this.h2 || !this.body_open.load(Ordering::Relaxed) || !this.idle_expired(cx)
+                {
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request body idle timeout",
+                )))
+            }
             Poll::Ready(r) => {
                 if this.h2
                     && this.armed == HEADER
@@ -583,7 +702,8 @@ impl AsyncWrite for Guarded {
                 };
             }
         }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.after_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -600,7 +720,8 @@ impl AsyncWrite for Guarded {
                 .map_or(&[][..], |b| &b[..]);
             return Pin::new(this).poll_write(cx, first);
         }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -610,7 +731,10 @@ impl AsyncWrite for Guarded {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         match this.flush_reply(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            Poll::Ready(Ok(())) => {
+                let r = Pin::new(&mut this.inner).poll_flush(cx);
+                this.after_write(cx, r)
+            }
             other => other,
         }
     }

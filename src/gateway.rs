@@ -242,6 +242,29 @@ pub fn ip_text(ip: &IpAddr) -> String {
     }
 }
 
+/// `request_body_filter`: the body size limit (chunked bodies have no length to check up
+/// front), and the end of the body for the front door's idle timer.
+pub fn body_chunk(
+    session: &pingora::proxy::Session,
+    chunk: Option<&bytes::Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<()> {
+    if let Some(b) = chunk {
+        ctx.body_bytes += b.len() as u64;
+        if ctx.body_bytes > ctx.snapshot.limits.max_body_bytes {
+            return pingora::Error::e_explain(
+                pingora::ErrorType::HTTPStatus(413),
+                "request body over limit",
+            );
+        }
+    }
+    if end_of_stream {
+        crate::frontdoor::body_complete(session);
+    }
+    Ok(())
+}
+
 /// Decide whether the request may proceed to the upstream, and on which route.
 pub async fn admit(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Reject> {
     if !ctx.audit_accepting {

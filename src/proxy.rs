@@ -65,7 +65,7 @@ fn classify(e: &Error) -> Option<Reject> {
     if e.esource() == &ErrorSource::Downstream {
         return match e.etype() {
             ReadTimedout | WriteTimedout => {
-                // `limits.idle_timeout` (set by `frontdoor::header_complete`).
+                // `limits.idle_timeout` on HTTP/2 (set by `frontdoor::header_complete`).
                 crate::metrics::client_timeout("idle");
                 matches!(e.etype(), ReadTimedout).then_some(Reject::RequestTimeout)
             }
@@ -128,18 +128,12 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(b) = body {
-            ctx.body_bytes += b.len() as u64;
-            if ctx.body_bytes > ctx.snapshot.limits.max_body_bytes {
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limit");
-            }
-        }
-        Ok(())
+        gateway::body_chunk(session, body.as_ref(), end_of_stream, ctx)
     }
 
     async fn upstream_peer(
@@ -207,10 +201,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let reject = ctx.reject.clone().or_else(|| {
-            // A body whose raw chunk framing the front door refused.
-            crate::frontdoor::body_framing_bad(session)
-                .then_some(Reject::AmbiguousFraming)
-                .or_else(|| classify(e))
+            // A body whose raw chunk framing the front door refused, or a client the front
+            // door's idle timer cut.
+            if crate::frontdoor::body_framing_bad(session) {
+                Some(Reject::AmbiguousFraming)
+            } else if crate::frontdoor::idle_timed_out(session) {
+                Some(Reject::RequestTimeout)
+            } else {
+                classify(e)
+            }
         });
         let mut code = 0;
         if let Some(reject) = &reject {

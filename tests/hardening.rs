@@ -609,3 +609,66 @@ fn a_chunked_upload_on_a_reused_connection_is_checked_from_its_first_byte() {
     );
     assert!(body.iter().all(|&b| b == b'q'));
 }
+
+/// The front door's idle timer (`limits.idle_timeout`, armed only while a body read or a
+/// response write waits): a stalled chunked body is cut during the pre-read (408), a client
+/// that stops reading a large answer is cut, and a slow upstream is not (after the request
+/// is complete, waiting for the client's next bytes is not "idle").
+#[test]
+fn idle_timer_cuts_stalled_clients_but_waits_for_slow_upstreams() {
+    let e = Echo::start("e");
+    let gw = Gateway::start(
+        "  limits: { idle_timeout: 1s, keepalive_timeout: 5s }\n",
+        &public_route("e", e.addr),
+    );
+    let idle = |gw: &Gateway| {
+        metric_value(
+            &gw.metrics(),
+            "portcullis_client_timeouts_total{phase=\"idle\"}",
+        )
+    };
+
+    // A slow upstream (2.5 s) on a GET, and on a POST whose body is complete: 200, not cut.
+    let t = Instant::now();
+    let r = get_with(gw.addr, "/slow", &[("x-echo-delay-ms", "2500")]);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(t.elapsed() >= Duration::from_millis(2400));
+    let (out, _) = exchange(
+        gw.addr,
+        b"POST /slow HTTP/1.1\r\nHost: a\r\nx-echo-delay-ms: 2500\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        Duration::from_secs(6),
+    );
+    assert_eq!(statuses(&out), vec![200], "{}", String::from_utf8_lossy(&out));
+    assert_eq!(idle(&gw), 0.0, "nothing was idle");
+
+    // A chunked body that stalls inside its first chunk: 408 from the pre-read.
+    let t = Instant::now();
+    let (out, closed) = exchange(
+        gw.addr,
+        b"POST /stall HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc",
+        Duration::from_secs(5),
+    );
+    assert_eq!(statuses(&out), vec![408], "{}", String::from_utf8_lossy(&out));
+    assert!(closed);
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert_eq!(idle(&gw), 1.0);
+
+    // A client that asks for 32 MiB and reads nothing: once the socket buffers are full the
+    // write waits, and after idle_timeout the connection is cut.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\nx-echo-bytes: 33554432\r\n\r\n")
+        .unwrap();
+    let cut = eventually(Duration::from_secs(8), || idle(&gw) >= 2.0);
+    assert!(cut, "a stalled reader was not cut");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < 32 << 20, "the whole answer arrived ({got} bytes)");
+}
