@@ -69,12 +69,15 @@ fn ctx(snapshot: &Arc<portcullis::config::Snapshot>, path: &str, jwt: bool) -> R
     c
 }
 
+/// (name, path, authenticated, extra request headers)
+type Case<'a> = (&'a str, &'a str, bool, Vec<(&'a str, &'a str)>);
+
 fn bench(c: &mut Criterion) {
     let cfg = portcullis::config::load_str(CONFIG, std::path::Path::new(".")).unwrap();
     let snapshot = Arc::new(cfg.snapshot);
     let token = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJl";
     let curl = [("User-Agent", "curl/7.88.1"), ("Accept", "*/*")];
-    let cases: [(&str, &str, bool, Vec<(&str, &str)>); 3] = [
+    let cases: [Case; 3] = [
         ("public_wrk_1_header", "/bench/path", false, vec![]),
         ("public_curl_3_headers", "/bench/path", false, curl.to_vec()),
         (
