@@ -7,8 +7,8 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
 use portcullis::auth::{AuthMethod, Principal};
-use portcullis::gateway::RequestCtx;
 use portcullis::config::raw::Method;
+use portcullis::gateway::RequestCtx;
 use portcullis::route::RouteMatch;
 use std::sync::Arc;
 
@@ -115,7 +115,8 @@ fn bench(c: &mut Criterion) {
                 req.insert_header("X-Forwarded-Proto", "http").unwrap();
                 req.insert_header("X-Forwarded-Host", "127.0.0.1:19080")
                     .unwrap();
-                req.insert_header("X-Request-Id", "0123456789abcdef").unwrap();
+                req.insert_header("X-Request-Id", "0123456789abcdef")
+                    .unwrap();
                 black_box(req)
             },
             criterion::BatchSize::SmallInput,

@@ -615,8 +615,7 @@ impl AsyncRead for Guarded {
                 Poll::Ready(r)
             }
             Poll::Pending if this.armed == BODY => {
-                if this.h2 || !this.body_open.load(Ordering::Relaxed) || !this.idle_expired(cx)
-                {
+                if this.h2 || !this.body_open.load(Ordering::Relaxed) || !this.idle_expired(cx) {
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(std::io::Error::new(

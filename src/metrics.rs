@@ -426,10 +426,12 @@ pub fn auth_attempt(authenticator: &str, reason: Option<&str>) {
     }
 }
 
-pub fn token_cache(authenticator: &str, hit: bool) {
+/// A verified-token cache lookup: `hit`, `miss`, or `refused` (a token refused before under
+/// the same keys, refused again without verifying).
+pub fn token_cache(authenticator: &str, result: &'static str) {
     if let Some(m) = get() {
         m.token_cache
-            .with_label_values(&[authenticator, if hit { "hit" } else { "miss" }])
+            .with_label_values(&[authenticator, result])
             .inc();
     }
 }

@@ -638,7 +638,12 @@ fn idle_timer_cuts_stalled_clients_but_waits_for_slow_upstreams() {
         b"POST /slow HTTP/1.1\r\nHost: a\r\nx-echo-delay-ms: 2500\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
         Duration::from_secs(6),
     );
-    assert_eq!(statuses(&out), vec![200], "{}", String::from_utf8_lossy(&out));
+    assert_eq!(
+        statuses(&out),
+        vec![200],
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     assert_eq!(idle(&gw), 0.0, "nothing was idle");
 
     // A chunked body that stalls inside its first chunk: 408 from the pre-read.
@@ -648,7 +653,12 @@ fn idle_timer_cuts_stalled_clients_but_waits_for_slow_upstreams() {
         b"POST /stall HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc",
         Duration::from_secs(5),
     );
-    assert_eq!(statuses(&out), vec![408], "{}", String::from_utf8_lossy(&out));
+    assert_eq!(
+        statuses(&out),
+        vec![408],
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     assert!(closed);
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     assert_eq!(idle(&gw), 1.0);

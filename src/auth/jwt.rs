@@ -90,7 +90,17 @@ pub struct TokenCache {
     /// one, so it is clamped to the capacity.
     entries: std::sync::atomic::AtomicUsize,
     capacity: usize,
+    /// Tokens recently refused for a reason that cannot change under the same key set (a bad
+    /// signature, or expired): a direct-mapped table of tags (see [`TokenCache::refused`]), so
+    /// a client replaying one bad token costs a lookup, not a verification. Fixed size, no
+    /// allocation per entry: a flood of distinct bad tokens only overwrites slots.
+    refused: Box<[std::sync::atomic::AtomicU64]>,
 }
+
+/// Slots of the refused-token table (8 bytes each).
+const REFUSED_SLOTS: usize = 4096;
+/// The low bits of a refused tag hold the verdict.
+const VERDICT_BITS: u64 = 0b11;
 
 /// What a cache lookup found.
 enum Lookup {
@@ -123,6 +133,9 @@ impl TokenCache {
             hasher: ahash::RandomState::new(),
             entries: std::sync::atomic::AtomicUsize::new(0),
             capacity: max_entries,
+            refused: (0..REFUSED_SLOTS.min(max_entries.next_power_of_two()))
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
         }
     }
 
@@ -134,6 +147,42 @@ impl TokenCache {
             }
             Some(_) => Lookup::Stale,
         }
+    }
+
+    /// The refused-token tag of `token` under key set `generation`: a randomly keyed 64-bit
+    /// hash (an attacker cannot aim a collision), with the verdict bits cleared.
+    fn refused_tag(&self, token: &[u8], generation: u64) -> u64 {
+        let h = self.hasher.hash_one((token, generation));
+        // Never 0 (an empty slot) once the verdict is added.
+        h & !VERDICT_BITS
+    }
+
+    /// The earlier verdict on `token`, if it was refused under this key set. A false match
+    /// needs a 62-bit collision of a secret-keyed hash; it would refuse (never admit) a token.
+    fn refused(&self, token: &[u8], generation: u64) -> Option<AuthError> {
+        let tag = self.refused_tag(token, generation);
+        let slot = &self.refused[(tag >> 2) as usize & (self.refused.len() - 1)];
+        let v = slot.load(std::sync::atomic::Ordering::Relaxed);
+        if v & !VERDICT_BITS != tag {
+            return None;
+        }
+        match v & VERDICT_BITS {
+            1 => Some(AuthError::BadSignature),
+            2 => Some(AuthError::TokenExpired),
+            _ => None,
+        }
+    }
+
+    /// Remember a refusal that repeating the verification could not change.
+    fn refuse(&self, token: &[u8], generation: u64, e: AuthError) {
+        let verdict = match e {
+            AuthError::BadSignature => 1,
+            AuthError::TokenExpired => 2,
+            _ => return,
+        };
+        let tag = self.refused_tag(token, generation);
+        let slot = &self.refused[(tag >> 2) as usize & (self.refused.len() - 1)];
+        slot.store(tag | verdict, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Insert a verified token; returns the number of entries now held.
@@ -498,13 +547,17 @@ impl JwtAuth {
         if let Some(c) = &self.cache {
             match c.get(token, now, generation) {
                 Lookup::Hit(p) => {
-                    crate::metrics::token_cache(&self.name, true);
+                    crate::metrics::token_cache(&self.name, "hit");
                     return Ok(p);
                 }
                 Lookup::Stale => replaces = true,
                 Lookup::Miss => {}
             }
-            crate::metrics::token_cache(&self.name, false);
+            if let Some(e) = c.refused(token, generation) {
+                crate::metrics::token_cache(&self.name, "refused");
+                return Err(e);
+            }
+            crate::metrics::token_cache(&self.name, "miss");
         }
         let result = match self.verify(token, now) {
             Err(AuthError::UnknownKey) => match &self.remote {
@@ -515,11 +568,16 @@ impl JwtAuth {
             },
             other => other,
         };
-        if let (Ok(p), Some(c)) = (&result, &self.cache) {
+        if let Some(c) = &self.cache {
             // Cache under the generation that was current *before* verifying: if keys changed
             // meanwhile, the entry is simply never used.
-            let n = c.put(token, p, generation, replaces);
-            crate::metrics::token_cache_entries(&self.name, n);
+            match &result {
+                Ok(p) => {
+                    let n = c.put(token, p, generation, replaces);
+                    crate::metrics::token_cache_entries(&self.name, n);
+                }
+                Err(e) => c.refuse(token, generation, *e),
+            }
         }
         result
     }
@@ -1033,5 +1091,36 @@ mod tests {
             assert!(c.len() <= 8, "{}", c.len());
         }
         assert!(c.len() >= 4, "evictions over-counted: {}", c.len());
+    }
+
+    #[test]
+    fn refused_tokens_are_remembered_per_key_set_and_bounded() {
+        let c = TokenCache::new(10_000);
+        assert_eq!(c.refused.len(), REFUSED_SLOTS);
+        assert_eq!(c.refused(b"bad", 0), None);
+        c.refuse(b"bad", 0, AuthError::BadSignature);
+        c.refuse(b"old", 0, AuthError::TokenExpired);
+        assert_eq!(c.refused(b"bad", 0), Some(AuthError::BadSignature));
+        assert_eq!(c.refused(b"old", 0), Some(AuthError::TokenExpired));
+        // Another key set: the verdict no longer applies.
+        assert_eq!(c.refused(b"bad", 1), None);
+        // Only verdicts that cannot change are kept (a token not valid *yet* may become so;
+        // an unknown key may appear in the next JWKS).
+        c.refuse(b"early", 0, AuthError::TokenNotYetValid);
+        c.refuse(b"nokey", 0, AuthError::UnknownKey);
+        assert_eq!(c.refused(b"early", 0), None);
+        assert_eq!(c.refused(b"nokey", 0), None);
+        // A flood of distinct bad tokens only overwrites slots: nothing grows, and an entry
+        // may be forgotten (then the token is simply verified again).
+        for i in 0..100_000u32 {
+            c.refuse(format!("flood-{i}").as_bytes(), 0, AuthError::BadSignature);
+        }
+        assert_eq!(c.refused.len(), REFUSED_SLOTS);
+        let remembered = (99_000..100_000u32)
+            .filter(|i| c.refused(format!("flood-{i}").as_bytes(), 0).is_some())
+            .count();
+        assert!(remembered > 700, "{remembered}");
+        // A small cache gets a small table.
+        assert_eq!(TokenCache::new(100).refused.len(), 128);
     }
 }
