@@ -15,23 +15,14 @@ use std::collections::HashMap;
 pub const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const HASH_FIELD: &str = ",\"hash\":\"";
 
-/// Written (and compared) when OpenSSL cannot hash: never equal to a real 64-hex hash, so
+/// Written (and compared) when the hash cannot be computed: never equal to a real 64-hex hash, so
 /// such a record fails verification instead of passing with a constant.
 const NO_HASH: &str = "hash-unavailable";
 
-/// HMAC-SHA256 (RFC 2104) over `data`.
+/// HMAC-SHA256 (RFC 2104) over `data` (aws-lc; no copy of `data`).
 pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Option<[u8; 32]> {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&sha256(key)?);
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    inner.extend_from_slice(data);
-    let mut outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    outer.extend_from_slice(&sha256(&inner)?);
-    sha256(&outer)
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    aws_lc_rs::hmac::sign(&k, data).as_ref().try_into().ok()
 }
 
 /// Hash of the bytes a line's `hash` covers.

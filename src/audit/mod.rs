@@ -21,6 +21,22 @@ pub use sink::AuditSink;
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-12-04T00:45:12.123456Z`.
 pub fn rfc3339(t: SystemTime) -> String {
+    let mut s = String::with_capacity(27);
+    rfc3339_into(&mut s, t);
+    s
+}
+
+/// Append `n` as exactly `width` decimal digits (zero-padded; `n` < 10^width).
+fn push_digits(out: &mut String, n: u64, width: u32) {
+    let mut div = 10u64.pow(width.saturating_sub(1));
+    for _ in 0..width {
+        out.push(char::from(b'0' + ((n / div) % 10) as u8));
+        div /= 10;
+    }
+}
+
+/// [`rfc3339`] written into `out` (the audit record's `ts`, on every request: no `format!`).
+pub fn rfc3339_into(out: &mut String, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
@@ -34,13 +50,20 @@ pub fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_micros()
-    )
+    push_digits(out, year.clamp(0, 9999) as u64, 4);
+    out.push('-');
+    push_digits(out, month as u64, 2);
+    out.push('-');
+    push_digits(out, day as u64, 2);
+    out.push('T');
+    push_digits(out, rem / 3600, 2);
+    out.push(':');
+    push_digits(out, (rem / 60) % 60, 2);
+    out.push(':');
+    push_digits(out, rem % 60, 2);
+    out.push('.');
+    push_digits(out, u64::from(d.subsec_micros()), 6);
+    out.push('Z');
 }
 
 pub fn rfc3339_now() -> String {
@@ -56,20 +79,42 @@ pub fn new_instance_id() -> String {
 /// characters and U+2028/U+2029, so a value can never end its string or its line.
 pub(crate) fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Fast path: copy runs of bytes that need no escape in one go. The bytes that may need
+    // one are ASCII controls, `"`, `\` and 0xE2 (the lead byte of U+2028/U+2029); a run
+    // always ends before such a byte, so it ends on a char boundary.
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' && b != 0xE2 {
+            continue;
         }
+        out.push_str(&s[start..i]);
+        start = i;
+        // Escape (or copy) the one char starting here, then go on after it.
+        let Some(c) = s[i..].chars().next() else {
+            break;
+        };
+        escape_char(out, c);
+        start = i + c.len_utf8();
+    }
+    if start < bytes.len() {
+        out.push_str(&s[start..]);
     }
     out.push('"');
+}
+
+fn escape_char(out: &mut String, c: char) {
+    match c {
+        '"' => out.push_str("\\\""),
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        }
+        c => out.push(c),
+    }
 }
 
 /// Writes `,"key":value` pairs (the first without the comma).
@@ -160,14 +205,17 @@ fn request_fields(ctx: &RequestCtx, capacity: usize, method: Option<&str>) -> Fi
         first: true,
     };
     f.str("type", "request");
-    f.str("ts", &rfc3339_now());
+    f.key("ts");
+    f.out.push('"');
+    rfc3339_into(&mut f.out, SystemTime::now());
+    f.out.push('"');
     f.str("request_id", &ctx.request_id);
-    f.opt(
-        "client_ip",
-        ctx.client_ip
-            .map(|ip| crate::gateway::ip_text(&ip))
-            .as_deref(),
-    );
+    match ctx.client_ip {
+        // Usually the TCP peer itself, already formatted.
+        Some(_) if ctx.client_ip == ctx.peer_ip => f.str("client_ip", &ctx.peer_text),
+        Some(ip) => f.str("client_ip", &crate::gateway::ip_text(&ip)),
+        None => f.opt("client_ip", None),
+    }
     f.str("peer_ip", &ctx.peer_text);
     if let Some(m) = method {
         f.str("method", m);
@@ -248,7 +296,14 @@ pub fn record(audit: &Audit, session: &Session, ctx: &mut RequestCtx) {
     }
     f.opt("route", ctx.route.as_ref().map(|r| &*r.id));
     f.opt("upstream", ctx.route.as_ref().map(|r| &*r.pool.name));
-    f.opt("target", ctx.target.map(|t| t.to_string()).as_deref());
+    match ctx.target {
+        // A socket address needs no escaping: written straight into the record.
+        Some(t) => {
+            f.key("target");
+            let _ = write!(f.out, "\"{t}\"");
+        }
+        None => f.opt("target", None),
+    }
     f.num("status", u64::from(status));
     f.str("decision", decision);
     f.str("reason", reason);
@@ -352,6 +407,28 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn json_strings_escape_exactly_what_must_be_escaped() {
+        let esc = |s: &str| {
+            let mut o = String::new();
+            json_str(&mut o, s);
+            o
+        };
+        assert_eq!(esc(""), "\"\"");
+        assert_eq!(esc("plain /path?q=1"), "\"plain /path?q=1\"");
+        assert_eq!(esc("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(esc("\n\r\t\u{1}\u{1f}"), r#""\n\r\t\u0001\u001f""#);
+        // U+2028/U+2029 end a line in JavaScript; other chars with the 0xE2 lead byte (€,
+        // U+2027) and other non-ASCII pass through.
+        assert_eq!(esc("x\u{2028}y\u{2029}z"), r#""x\u2028y\u2029z""#);
+        assert_eq!(esc("€ \u{2027} é 日本"), "\"€ \u{2027} é 日本\"");
+        assert_eq!(esc("\u{2028}"), r#""\u2028""#);
+        // Every escaped output is valid JSON that decodes to the input.
+        for s in ["a\u{0}b", "é\"€\\\u{2029}", "\u{7f}\u{80}\u{10ffff}"] {
+            assert_eq!(serde_json::from_str::<String>(&esc(s)).unwrap(), s);
+        }
     }
 
     #[test]

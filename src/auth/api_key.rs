@@ -4,7 +4,6 @@
 //! `portcullis keygen` makes a key and its config line.
 
 use super::{AuthError, AuthMethod, Credentials, Principal};
-use pingora::tls::hash::{hash, MessageDigest};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -31,8 +30,10 @@ pub struct ApiKeyAuth {
     pub keys: HashMap<[u8; 32], Arc<ApiKeyEntry>>,
 }
 
+/// SHA-256 (aws-lc: SHA-NI/AVX2 where the CPU has them, no allocation). Kept fallible for
+/// its callers, which treat a failure as "no hash" and fail closed.
 pub fn sha256(data: &[u8]) -> Option<[u8; 32]> {
-    let d = hash(MessageDigest::sha256(), data).ok()?;
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     d.as_ref().try_into().ok()
 }
 
