@@ -32,6 +32,7 @@ fn router() -> Router {
             policy: None,
             rate_limits: Vec::new(),
             shadow: false,
+            metrics: Default::default(),
         });
         // A realistic mix: host-specific, wildcard and host-less; prefixes and exact paths.
         let host = match i % 4 {

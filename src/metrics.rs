@@ -6,6 +6,7 @@
 //! a fixed method set, status classes and reason codes. Never raw paths, hosts, tokens or
 //! subjects.
 
+use prometheus::IntCounter;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -375,12 +376,80 @@ pub fn method_label(m: &http::Method) -> &'static str {
     }
 }
 
-pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
-    if let Some(m) = get() {
+/// Status classes in label order (index = `status_index`).
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+/// Method labels in index order (`method_index`).
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+];
+
+fn status_index(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
+    }
+}
+
+fn method_index(m: &str) -> usize {
+    METHODS.iter().position(|x| *x == m).unwrap_or(7)
+}
+
+/// A counter handle of `vec` for `labels`, resolved on first use and kept. Looking a series
+/// up by label values hashes every value and takes the vector's read lock on each request;
+/// a kept handle is one atomic add.
+fn cached_counter(
+    slot: &OnceLock<Option<IntCounter>>,
+    resolve: impl FnOnce(&'static Metrics) -> IntCounter,
+) -> Option<&IntCounter> {
+    slot.get_or_init(|| get().map(resolve)).as_ref()
+}
+
+/// The hot per-route series (`portcullis_requests_total`, `portcullis_request_duration_seconds`,
+/// the "allow" authorization decision), resolved on first use. Lives in the compiled route, so
+/// a reload that recompiles a route resolves its handles again (the series themselves persist).
+#[derive(Default)]
+pub struct RouteMetrics {
+    requests: [[OnceLock<Option<IntCounter>>; 6]; 8],
+    duration: OnceLock<Option<prometheus::Histogram>>,
+    authz: [OnceLock<Option<IntCounter>>; 3],
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
+    }
+}
+
+/// One request, by route: `cached` are the route's handles (None: a request that matched no
+/// route, counted under `route`'s label the slow way).
+pub fn record_request(
+    route: &str,
+    cached: Option<&RouteMetrics>,
+    method: &str,
+    status: u16,
+    seconds: f64,
+) {
+    let Some(rm) = cached else {
+        if let Some(m) = get() {
+            m.requests
+                .with_label_values(&[route, method, status_class(status)])
+                .inc();
+            m.duration.with_label_values(&[route]).observe(seconds);
+        }
+        return;
+    };
+    let (mi, si) = (method_index(method), status_index(status));
+    if let Some(c) = cached_counter(&rm.requests[mi][si], |m| {
         m.requests
-            .with_label_values(&[route, method, status_class(status)])
-            .inc();
-        m.duration.with_label_values(&[route]).observe(seconds);
+            .with_label_values(&[route, METHODS[mi], STATUS_CLASSES[si]])
+    }) {
+        c.inc();
+    }
+    if let Some(h) = rm
+        .duration
+        .get_or_init(|| get().map(|m| m.duration.with_label_values(&[route])))
+    {
+        h.observe(seconds);
     }
 }
 
@@ -401,6 +470,23 @@ pub fn protocol_rejection(status: &'static str) {
 pub fn gateway_response(route: &str, reason: &str) {
     if let Some(m) = get() {
         m.denials.with_label_values(&[route, reason]).inc();
+    }
+}
+
+/// An "allow" authorization decision through the route's kept handles (`reason`: public,
+/// authenticated or policy); other decisions go through [`authz_decision`].
+pub fn authz_allow(route: &str, cached: &RouteMetrics, reason: &'static str) {
+    let i = match reason {
+        "public" => 0,
+        "authenticated" => 1,
+        "policy" => 2,
+        _ => return authz_decision(route, "allow", reason),
+    };
+    if let Some(c) = cached_counter(&cached.authz[i], |m| {
+        m.authz_decisions
+            .with_label_values(&[route, "allow", reason])
+    }) {
+        c.inc();
     }
 }
 
@@ -463,9 +549,12 @@ pub fn jwks_loaded(authenticator: &str, keys: usize, unix_secs: u64) {
     }
 }
 
-pub fn upstream_attempt(pool: &str, target: &str) {
-    if let Some(m) = get() {
-        m.upstream_attempts.with_label_values(&[pool, target]).inc();
+/// One upstream attempt; `cached` is the target's kept handle (see [`cached_counter`]).
+pub fn upstream_attempt(pool: &str, target: &str, cached: &OnceLock<Option<IntCounter>>) {
+    if let Some(c) = cached_counter(cached, |m| {
+        m.upstream_attempts.with_label_values(&[pool, target])
+    }) {
+        c.inc();
     }
 }
 
@@ -589,4 +678,30 @@ pub fn encode() -> Vec<u8> {
         }
     }
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kept handles are indexed by (method, status class): the index tables must give
+    /// exactly the labels the slow path would.
+    #[test]
+    fn handle_indexes_match_the_labels() {
+        for s in [
+            0u16, 99, 100, 101, 199, 200, 204, 301, 404, 429, 499, 500, 599, 600, 999,
+        ] {
+            assert_eq!(
+                STATUS_CLASSES[status_index(s)],
+                status_class(s),
+                "status {s}"
+            );
+        }
+        for m in [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+        ] {
+            assert_eq!(METHODS[method_index(m)], m);
+        }
+        assert_eq!(METHODS[method_index("TRACE")], "OTHER");
+    }
 }

@@ -249,6 +249,7 @@ impl ProxyHttp for Gateway {
         let route = ctx.route_label();
         crate::metrics::record_request(
             route,
+            ctx.route.as_deref().map(|r| &r.metrics),
             crate::metrics::method_label(&session.req_header().method),
             status,
             ctx.start.elapsed().as_secs_f64(),
@@ -257,7 +258,7 @@ impl ProxyHttp for Gateway {
             crate::metrics::gateway_response(route, r.code());
         }
         if let Some(d) = ctx.authz {
-            crate::authz::record(route, d, &ctx.request_id);
+            crate::authz::record(route, ctx.route.as_deref(), d, &ctx.request_id);
         }
         if let Some(audit) = &self.state.audit {
             crate::audit::record(audit, session, ctx);

@@ -135,8 +135,18 @@ impl Decision {
 
 /// Count the request's decision and log shadow denials (called once, from `logging`). The
 /// shadow-deny log line is what operators read before switching a policy to `enforce`.
-pub fn record(route: &str, decision: Decision, request_id: &str) {
-    crate::metrics::authz_decision(route, decision.label(), decision.reason());
+pub fn record(
+    route: &str,
+    compiled: Option<&crate::route::Route>,
+    decision: Decision,
+    request_id: &str,
+) {
+    match compiled {
+        Some(r) if decision.label() == "allow" => {
+            crate::metrics::authz_allow(route, &r.metrics, decision.reason())
+        }
+        _ => crate::metrics::authz_decision(route, decision.label(), decision.reason()),
+    }
     if let Decision::ShadowDenied(d) = decision {
         log::info!(
             "shadow_deny route={route} reason={} request_id={request_id}",

@@ -1308,6 +1308,7 @@ fn routes(
             policy,
             shadow,
             rate_limits,
+            metrics: Default::default(),
         });
         for h in &hosts {
             let key = (h.clone(), pspec.clone());

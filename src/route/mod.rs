@@ -43,6 +43,8 @@ pub struct Route {
     pub shadow: bool,
     /// Rate-limit policies, all enforced, in the order listed.
     pub rate_limits: Vec<Arc<crate::ratelimit::LimitPolicy>>,
+    /// This route's hot metric series, resolved on first use.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
@@ -254,6 +256,7 @@ mod tests {
             policy: None,
             rate_limits: Vec::new(),
             shadow: false,
+            metrics: Default::default(),
         })
     }
 
@@ -386,6 +389,7 @@ mod tests {
             policy: None,
             rate_limits: Vec::new(),
             shadow: false,
+            metrics: Default::default(),
         };
         assert_eq!(rt.upstream_path("/api/v1/orders"), "/orders");
         assert_eq!(rt.upstream_path("/api/v1"), "/");

@@ -110,6 +110,8 @@ pub struct Pool {
     pub health: Option<HealthSettings>,
     /// Targets in config order, with their metric label.
     pub targets: Vec<(SocketAddr, Arc<str>)>,
+    /// Per target (same order): the kept `portcullis_upstream_attempts_total` handle.
+    attempts: Vec<std::sync::OnceLock<Option<prometheus::IntCounter>>>,
     /// Connection-pool partition for this pool's peers, see [`Pool::peer`].
     group_key: u64,
 }
@@ -208,6 +210,7 @@ impl Pool {
                 .iter()
                 .map(|(a, _)| (*a, a.to_string().into()))
                 .collect(),
+            attempts: spec.targets.iter().map(|_| Default::default()).collect(),
             name,
             balancer,
             hash_key: spec.hash_key,
@@ -223,6 +226,17 @@ impl Pool {
         let accept = |b: &Backend, healthy: bool| {
             healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
         };
+        // One target (the common case behind a service VIP): no selection to make, only its
+        // health to check; skips the balancer's iterator (≈ 1.5 k instructions a request).
+        if let [(only, _)] = self.targets.as_slice() {
+            if tried.contains(only) {
+                return None;
+            }
+            let backends = self.backends();
+            let set = backends.get_backend();
+            let b = set.iter().next()?;
+            return backends.ready(b).then_some(*only);
+        }
         // Bounded search: every target at least once, plus slack for weighted duplicates.
         let max_iter = 16 + self.targets.len() * 4;
         let b = match &self.balancer {
@@ -254,6 +268,16 @@ impl Pool {
             .iter()
             .filter(|b| backends.ready(b))
             .count()
+    }
+
+    /// Count an attempt on `addr` (`portcullis_upstream_attempts_total`).
+    pub fn count_attempt(&self, addr: &SocketAddr) {
+        match self.targets.iter().position(|(a, _)| a == addr) {
+            Some(i) => {
+                crate::metrics::upstream_attempt(&self.name, &self.targets[i].1, &self.attempts[i])
+            }
+            None => crate::metrics::upstream_attempt(&self.name, "unknown", &Default::default()),
+        }
     }
 
     /// Metric label for a target address (the configured address, so cardinality is bounded).
@@ -386,6 +410,6 @@ pub fn choose_peer(
     };
     ctx.tried.push(addr);
     ctx.target = Some(addr);
-    crate::metrics::upstream_attempt(&pool.name, &pool.target_label(&addr));
+    pool.count_attempt(&addr);
     Ok(Box::new(pool.peer(addr)))
 }
