@@ -11,16 +11,15 @@
 //!   servers read `X_Forwarded_For` as `X-Forwarded-For`) are removed.
 
 use crate::gateway::RequestCtx;
-use http::header::HeaderName;
-use pingora::http::RequestHeader;
-use pingora::{Error, ErrorType, OrErr, Result};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{Error, ErrorType, OkOrErr, OrErr, Result};
 
-// Lookups use `HeaderName` constants; inserts use static strings, which Pingora's header map
-// takes without copying (see docs/performance.md).
+// Header names as constants: no parsing per request (see `with_plain_headers`).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const X_REQUEST_ID: &str = "X-Request-Id";
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removed from every upstream request: client-IP and scheme claims that only the gateway may
 /// make (services read the gateway-written `X-Forwarded-For`/`-Proto`), and path/method
@@ -56,7 +55,7 @@ fn must_drop(name: &str, peer_trusted: bool) -> bool {
 
 /// Remove the cookies that carry a JWT for the route's authenticators (the token must not
 /// travel upstream unless `forward_token`).
-fn strip_token_cookies(req: &mut RequestHeader, route: &crate::route::Route) -> Result<()> {
+fn strip_token_cookies(headers: &mut HeaderMap, route: &crate::route::Route) -> Result<()> {
     let names: Vec<&str> = route
         .authn
         .iter()
@@ -65,20 +64,19 @@ fn strip_token_cookies(req: &mut RequestHeader, route: &crate::route::Route) -> 
             _ => None,
         })
         .collect();
-    if names.is_empty() || !req.headers.contains_key(http::header::COOKIE) {
+    if names.is_empty() || !headers.contains_key(http::header::COOKIE) {
         return Ok(());
     }
-    let kept: Vec<String> = req
-        .headers
+    let kept: Vec<String> = headers
         .get_all(http::header::COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
         .map(|p| String::from_utf8_lossy(p.trim_ascii()).into_owned())
         .filter(|p| !p.is_empty() && !names.iter().any(|n| p.split('=').next() == Some(n)))
         .collect();
-    req.remove_header(&http::header::COOKIE);
+    headers.remove(http::header::COOKIE);
     if !kept.is_empty() {
-        req.insert_header("Cookie", kept.join("; "))?;
+        headers.insert(http::header::COOKIE, value(kept.join("; "))?);
     }
     Ok(())
 }
@@ -86,59 +84,119 @@ fn strip_token_cookies(req: &mut RequestHeader, route: &crate::route::Route) -> 
 /// Prefix of every identity header. Client-sent headers with it are always removed.
 pub const IDENTITY_PREFIX: &str = "x-portcullis-";
 
+const ID_AUTH_METHOD: HeaderName = HeaderName::from_static("x-portcullis-auth-method");
+const ID_AUTHENTICATOR: HeaderName = HeaderName::from_static("x-portcullis-authenticator");
+const ID_SUBJECT: HeaderName = HeaderName::from_static("x-portcullis-subject");
+const ID_CONSUMER: HeaderName = HeaderName::from_static("x-portcullis-consumer");
+const ID_KEY_ID: HeaderName = HeaderName::from_static("x-portcullis-key-id");
+const ID_ISSUER: HeaderName = HeaderName::from_static("x-portcullis-issuer");
+const ID_SCOPES: HeaderName = HeaderName::from_static("x-portcullis-scopes");
+const ID_ROLES: HeaderName = HeaderName::from_static("x-portcullis-roles");
+const ID_GROUPS: HeaderName = HeaderName::from_static("x-portcullis-groups");
+
+/// A header value from gateway-held text (an identity claim, a host): text that cannot be a
+/// header value (control characters) fails the request rather than being sent altered.
+fn value(v: impl TryInto<HeaderValue>) -> Result<HeaderValue> {
+    v.try_into().ok().or_err(
+        ErrorType::InvalidHTTPHeader,
+        "invalid upstream header value",
+    )
+}
+
 /// The verified identity, as headers the services can trust (docs/authentication.md).
-fn set_identity(req: &mut RequestHeader, p: &crate::auth::Principal) -> Result<()> {
-    req.insert_header("X-Portcullis-Auth-Method", p.method.as_str())?;
-    req.insert_header("X-Portcullis-Authenticator", &*p.authenticator)?;
-    req.insert_header("X-Portcullis-Subject", &*p.subject)?;
+fn set_identity(headers: &mut HeaderMap, p: &crate::auth::Principal) -> Result<()> {
+    headers.insert(ID_AUTH_METHOD, HeaderValue::from_static(p.method.as_str()));
+    headers.insert(ID_AUTHENTICATOR, value(&*p.authenticator)?);
+    headers.insert(ID_SUBJECT, value(&*p.subject)?);
     if let Some(c) = &p.consumer {
-        req.insert_header("X-Portcullis-Consumer", &**c)?;
+        headers.insert(ID_CONSUMER, value(&**c)?);
     }
     if let Some(k) = &p.key_id {
-        req.insert_header("X-Portcullis-Key-Id", &**k)?;
+        headers.insert(ID_KEY_ID, value(&**k)?);
     }
     if let Some(i) = &p.issuer {
-        req.insert_header("X-Portcullis-Issuer", &**i)?;
+        headers.insert(ID_ISSUER, value(&**i)?);
     }
     if !p.scopes.is_empty() {
-        req.insert_header("X-Portcullis-Scopes", p.scopes.join(" "))?;
+        headers.insert(ID_SCOPES, value(p.scopes.join(" "))?);
     }
     if !p.roles.is_empty() {
-        req.insert_header("X-Portcullis-Roles", p.roles.join(" "))?;
+        headers.insert(ID_ROLES, value(p.roles.join(" "))?);
     }
     if !p.groups.is_empty() {
-        req.insert_header("X-Portcullis-Groups", p.groups.join(" "))?;
+        headers.insert(ID_GROUPS, value(p.groups.join(" "))?);
     }
-    for (name, value) in p.claims.iter() {
+    for (name, v) in p.claims.iter() {
         // `_` → `-`: header names with `_` are dropped by many proxies (and by us, inbound).
-        let header = format!("X-Portcullis-Claim-{}", name.replace('_', "-"));
-        req.insert_header(header, value.as_str())?;
+        let header = format!("x-portcullis-claim-{}", name.replace('_', "-"));
+        let header = HeaderName::try_from(header).ok().or_err(
+            ErrorType::InvalidHTTPHeader,
+            "invalid identity claim header name",
+        )?;
+        headers.insert(header, value(v.as_str())?);
     }
     Ok(())
 }
 
-/// Rebuild the upstream request without Pingora's case-preserving name map.
+/// The upstream request as plain `http` parts, without Pingora's case-preserving name map;
+/// `edit` shapes its headers, then the request is put back together.
 ///
-/// Why: with the map every insert parses the name, copies it, and writes and grows two
-/// header maps: ≈ 1.8 k instructions per header, and a request gets 4 (public) to 10
-/// (authenticated) of them (`cargo bench --bench forward`; docs/performance.md). One copy of
-/// the header map up front is cheaper than that. The cost: header names reach the upstream
-/// in canonical form (title case for standard headers, lower case otherwise) instead of the
-/// client's spelling. Names are case-insensitive (RFC 9110 §5.1), HTTP/2 lowercases them
-/// anyway, and Envoy does the same by default.
+/// Why: through Pingora's `insert_header` every header name is converted and parsed again,
+/// and with the case map it is also copied into a second map: ≈ 1–2 k instructions per
+/// header, and a request gets 4 (public) to 10 (authenticated) of them (`cargo bench --bench
+/// forward`; docs/performance.md). The parts are moved out and back, not copied, and edited
+/// with `HeaderName` constants. The cost: header names reach the upstream in canonical form
+/// (title case for standard headers, lower case otherwise) instead of the client's spelling.
+/// Names are case-insensitive (RFC 9110 §5.1), HTTP/2 lowercases them anyway, and HAProxy
+/// does the same by default.
 ///
 /// Only called once the target round-trips through the URI (the rebuilt header is written
 /// from its URI): `prepare_upstream_request` has just made sure of that.
-fn drop_case_map(req: &mut RequestHeader) {
-    if !req.has_case() {
-        return;
-    }
+fn with_plain_headers(
+    req: &mut RequestHeader,
+    extra: usize,
+    edit: impl FnOnce(&mut HeaderMap) -> Result<()>,
+) -> Result<()> {
     let end_stream = req.send_end_stream();
-    *req = RequestHeader::from(req.as_owned_parts());
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts: http::request::Parts = std::mem::replace(req, placeholder).into();
+    // Room for what the gateway adds, so the inserts below never regrow the map.
+    parts.headers.reserve(extra);
+    let r = edit(&mut parts.headers);
+    *req = RequestHeader::from(parts);
     if let Some(end) = end_stream {
         // (HTTP/2 upstreams: END_STREAM on HEADERS only for a request without a body.)
         req.set_send_end_stream(end);
     }
+    r
+}
+
+/// The same for the response sent to the client: its headers without Pingora's case map
+/// (names in canonical form, as over HTTP/2; HAProxy does the same), a non-standard reason
+/// phrase kept.
+pub fn with_plain_response_headers(
+    resp: &mut ResponseHeader,
+    edit: impl FnOnce(&mut HeaderMap) -> Result<()>,
+) -> Result<()> {
+    let reason = resp
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != resp.status.canonical_reason())
+        .map(str::to_owned);
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts: http::response::Parts = std::mem::replace(resp, placeholder).into();
+    parts.headers.reserve(2);
+    let r = edit(&mut parts.headers);
+    *resp = ResponseHeader::from(parts);
+    if reason.is_some() {
+        resp.set_reason_phrase(reason.as_deref())?;
+    }
+    r
+}
+
+/// What the gateway adds to every proxied response: the request id.
+pub fn response_headers(headers: &mut HeaderMap, request_id: &str) -> Result<()> {
+    headers.insert(X_REQUEST_ID, value(request_id)?);
+    Ok(())
 }
 
 pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
@@ -167,8 +225,21 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) -
         )?;
         req.set_uri(uri);
     }
-    drop_case_map(req);
+    let has_authority = req.uri.authority().is_some();
+    // The gateway writes 4 headers, plus the identity of an authenticated caller.
+    let extra = 5 + ctx.principal.as_ref().map_or(0, |p| 6 + p.claims.len());
+    with_plain_headers(req, extra, |headers| {
+        shape_headers(headers, ctx, route, has_authority)
+    })
+}
 
+/// Everything `prepare_upstream_request` does to the headers (see the module doc).
+fn shape_headers(
+    headers: &mut HeaderMap,
+    ctx: &RequestCtx,
+    route: &crate::route::Route,
+    has_authority: bool,
+) -> Result<()> {
     // One pass to find the headers we must drop (usually none), instead of a hash lookup per
     // name on every request: path/method overrides, any client-sent `X-Portcullis-*` (the
     // identity contract: only the gateway writes those), and the route's credential headers.
@@ -178,8 +249,7 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) -
             _ => false,
         })
     });
-    let drop: Vec<HeaderName> = req
-        .headers
+    let drop: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
             must_drop(k.as_str(), ctx.peer_trusted)
@@ -197,20 +267,20 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) -
         .cloned()
         .collect();
     for h in &drop {
-        // `remove_header` drops every value of the name.
-        req.remove_header(h);
+        // `remove` drops every value of the name.
+        headers.remove(h);
     }
     if !forward_token {
-        strip_token_cookies(req, route)?;
+        strip_token_cookies(headers, route)?;
     }
     if let Some(p) = &ctx.principal {
-        set_identity(req, p)?;
+        set_identity(headers, p)?;
     }
 
     // X-Forwarded-For: append the peer to a trusted chain, otherwise start a new one.
     let mut chain = String::new();
     if ctx.peer_trusted {
-        for v in req.headers.get_all(&X_FORWARDED_FOR) {
+        for v in headers.get_all(&X_FORWARDED_FOR) {
             if let Ok(v) = v.to_str() {
                 if !chain.is_empty() {
                     chain.push_str(", ");
@@ -221,44 +291,88 @@ pub fn prepare_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) -
     }
     if !ctx.peer_text.is_empty() {
         if chain.is_empty() {
-            req.insert_header("X-Forwarded-For", ctx.peer_text.as_str())?;
+            headers.insert(X_FORWARDED_FOR, value(ctx.peer_text.as_str())?);
         } else {
             chain.push_str(", ");
             chain.push_str(&ctx.peer_text);
-            req.insert_header("X-Forwarded-For", chain)?;
+            headers.insert(X_FORWARDED_FOR, value(chain)?);
         }
-    } else if req.headers.contains_key(&X_FORWARDED_FOR) {
-        req.remove_header(&X_FORWARDED_FOR);
+    } else {
+        headers.remove(&X_FORWARDED_FOR);
     }
 
-    if !ctx.peer_trusted || !req.headers.contains_key(&X_FORWARDED_PROTO) {
-        req.insert_header("X-Forwarded-Proto", if ctx.tls { "https" } else { "http" })?;
+    if !ctx.peer_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = if ctx.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    if !ctx.peer_trusted || !req.headers.contains_key(&X_FORWARDED_HOST) {
+    if !ctx.peer_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
         // The Host the client asked for, port included (already validated by `admit`).
-        let host = req
-            .headers
+        let host = headers
             .get(http::header::HOST)
             .cloned()
-            .or_else(|| http::HeaderValue::from_str(&ctx.host).ok())
+            .or_else(|| HeaderValue::from_str(&ctx.host).ok())
             .filter(|h| !h.is_empty());
         match host {
             Some(h) => {
-                req.insert_header("X-Forwarded-Host", h)?;
+                headers.insert(X_FORWARDED_HOST, h);
             }
             None => {
-                req.remove_header(&X_FORWARDED_HOST);
+                headers.remove(&X_FORWARDED_HOST);
             }
         }
     }
-    if !ctx.host.is_empty()
-        && !req.headers.contains_key(http::header::HOST)
-        && req.uri.authority().is_none()
-    {
+    if !ctx.host.is_empty() && !headers.contains_key(http::header::HOST) && !has_authority {
         // Absolute-form or HTTP/1.0 without Host: give the upstream the host routing used, so
         // a multi-vhost service cannot fall back to its default vhost.
-        req.insert_header("Host", ctx.host.as_str())?;
+        headers.insert(http::header::HOST, value(ctx.host.as_str())?);
     }
-    req.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    headers.insert(X_REQUEST_ID, value(ctx.request_id.as_str())?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_headers_keep_everything_but_the_name_case() {
+        let mut req = RequestHeader::build("POST", b"/a/b?c=d", None).unwrap();
+        req.set_version(http::Version::HTTP_10);
+        req.append_header("X-Mixed-Case", "1").unwrap();
+        req.append_header("x-mixed-case", "2").unwrap();
+        with_plain_headers(&mut req, 3, |h| {
+            h.insert(X_REQUEST_ID, HeaderValue::from_static("rid"));
+            Ok(())
+        })
+        .unwrap();
+        assert!(!req.has_case());
+        assert_eq!(req.method, http::Method::POST);
+        assert_eq!(req.raw_path(), b"/a/b?c=d");
+        assert_eq!(req.version, http::Version::HTTP_10);
+        // HTTP/2 upstreams: END_STREAM on HEADERS is kept as the proxy set it.
+        let mut h2 = RequestHeader::build("POST", b"/", None).unwrap();
+        h2.set_version(http::Version::HTTP_2);
+        h2.set_send_end_stream(false);
+        with_plain_headers(&mut h2, 1, |_| Ok(())).unwrap();
+        assert_eq!(h2.send_end_stream(), Some(false));
+        let v: Vec<_> = req.headers.get_all("x-mixed-case").iter().collect();
+        assert_eq!(v, ["1", "2"], "values and their order are kept");
+        assert_eq!(req.headers["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn plain_response_headers_keep_status_and_a_custom_reason() {
+        let mut resp = ResponseHeader::build(418, None).unwrap();
+        resp.set_reason_phrase(Some("Short And Stout")).unwrap();
+        resp.append_header("X-Upstream", "u").unwrap();
+        with_plain_response_headers(&mut resp, |h| response_headers(h, "rid")).unwrap();
+        assert_eq!(resp.status.as_u16(), 418);
+        assert_eq!(resp.get_reason_phrase(), Some("Short And Stout"));
+        assert_eq!(resp.headers["x-upstream"], "u");
+        assert_eq!(resp.headers["x-request-id"], "rid");
+        // A request id that cannot be a header value fails instead of being altered.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        assert!(with_plain_response_headers(&mut resp, |h| response_headers(h, "a\nb")).is_err());
+        assert_eq!(resp.status.as_u16(), 200);
+    }
 }

@@ -66,6 +66,32 @@ pub struct RequestCtx {
     pub upstream_answered: Option<Instant>,
 }
 
+/// The per-request context as Pingora holds it: one pointer. Pingora keeps `CTX` inline in
+/// its per-request future and moves that future into a box once per request, so every byte
+/// of the context is copied on every request (and appears several times in the future's
+/// layout); boxing it costs one small allocation instead (callgrind: ≈ 2 k instructions per
+/// request less).
+pub struct Ctx(Box<RequestCtx>);
+
+impl Ctx {
+    pub fn new(ctx: RequestCtx) -> Ctx {
+        Ctx(Box::new(ctx))
+    }
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = RequestCtx;
+    fn deref(&self) -> &RequestCtx {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ctx {
+    fn deref_mut(&mut self) -> &mut RequestCtx {
+        &mut self.0
+    }
+}
+
 impl RequestCtx {
     pub fn new(snapshot: Arc<Snapshot>) -> RequestCtx {
         RequestCtx {

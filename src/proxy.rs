@@ -86,20 +86,20 @@ fn classify(e: &Error) -> Option<Reject> {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+    type CTX = gateway::Ctx;
 
-    fn new_ctx(&self) -> RequestCtx {
+    fn new_ctx(&self) -> gateway::Ctx {
         let mut ctx = RequestCtx::new(self.state.snapshot.load_full());
         if let Some(audit) = &self.state.audit {
             crate::audit::admit(audit, &mut ctx);
         }
-        ctx
+        gateway::Ctx::new(ctx)
     }
 
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut gateway::Ctx,
     ) -> Result<()> {
         crate::frontdoor::header_complete(session, ctx.snapshot.limits.idle_timeout);
         let conn = conn_facts(session);
@@ -108,7 +108,7 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut gateway::Ctx) -> Result<bool> {
         let mut admitted = gateway::admit(session.req_header(), ctx).await;
         if admitted.is_ok() {
             let max_body = ctx.snapshot.limits.max_body_bytes;
@@ -131,7 +131,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut gateway::Ctx,
     ) -> Result<()> {
         gateway::body_chunk(session, body.as_ref(), end_of_stream, ctx)
     }
@@ -139,7 +139,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut gateway::Ctx,
     ) -> Result<Box<HttpPeer>> {
         crate::upstream::choose_peer(session.req_header(), ctx).map_err(|reject| {
             ctx.reject = Some(reject);
@@ -151,7 +151,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut gateway::Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(route), Some(target)) = (&ctx.route, ctx.target) {
@@ -174,7 +174,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut gateway::Ctx,
     ) -> Result<()> {
         crate::forward::prepare_upstream_request(upstream_request, ctx)
     }
@@ -183,22 +183,24 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut gateway::Ctx,
     ) -> Result<()> {
         crate::audit::mark_upstream_answer(ctx);
         if gateway::upgrade_refused(session.req_header(), upstream_response) {
             // Whatever the client sent after the upgrade request is not trusted as HTTP.
             session.set_keepalive(None);
         }
-        upstream_response.insert_header(crate::forward::X_REQUEST_ID, ctx.request_id.as_str())?;
-        crate::ratelimit::add_response_headers(&ctx.limits, upstream_response)
+        crate::forward::with_plain_response_headers(upstream_response, |h| {
+            crate::forward::response_headers(h, &ctx.request_id)?;
+            crate::ratelimit::add_response_headers(&ctx.limits, h)
+        })
     }
 
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut gateway::Ctx,
     ) -> FailToProxy {
         let reject = ctx.reject.clone().or_else(|| {
             // A body whose raw chunk framing the front door refused, or a client the front
@@ -243,7 +245,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut gateway::Ctx) {
         crate::frontdoor::request_complete(session);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_label();

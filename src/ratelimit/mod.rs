@@ -26,7 +26,8 @@ use crate::auth::Principal;
 use crate::config::raw::{LimitCount, OnRedisError};
 use crate::error::Reject;
 use http::header::HeaderName;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
+use pingora::OkOrErr;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -593,15 +594,23 @@ async fn charge(
 /// with `headers: true`.
 pub fn add_response_headers(
     state: &RequestLimits,
-    resp: &mut ResponseHeader,
+    headers: &mut http::HeaderMap,
 ) -> pingora::Result<()> {
     if state.headers.is_empty() {
         return Ok(());
     }
     let policies: Vec<&str> = state.headers.iter().map(|(p, _)| &**p).collect();
     let limits: Vec<&str> = state.headers.iter().map(|(_, l)| l.as_str()).collect();
-    resp.insert_header("ratelimit-policy", policies.join(", "))?;
-    resp.insert_header("ratelimit", limits.join(", "))?;
+    for (name, v) in [
+        ("ratelimit-policy", policies.join(", ")),
+        ("ratelimit", limits.join(", ")),
+    ] {
+        let v = http::HeaderValue::try_from(v).ok().or_err(
+            pingora::ErrorType::InvalidHTTPHeader,
+            "invalid rate-limit header",
+        )?;
+        headers.insert(http::HeaderName::from_static(name), v);
+    }
     Ok(())
 }
 
