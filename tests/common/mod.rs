@@ -832,6 +832,12 @@ pub fn exchange(addr: SocketAddr, raw: &[u8], wait: Duration) -> (Vec<u8>, bool)
 }
 
 /// The status codes of every response in `raw` (pipelined answers show up as several).
+/// Assert the status codes of the responses in `raw`, showing the raw bytes when they differ.
+#[track_caller]
+pub fn assert_statuses(raw: &[u8], want: &[u16]) {
+    assert_eq!(statuses(raw), want, "{}", String::from_utf8_lossy(raw));
+}
+
 pub fn statuses(raw: &[u8]) -> Vec<u16> {
     raw.windows(9)
         .enumerate()
