@@ -21,55 +21,19 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM
 P_UP=19201; P_BARE=19290; P_GW=19280; P_ADMIN=19300; P_FULL=19282; P_FULL_ADMIN=19302
+ROOT=$PWD
+. scripts/bench-lib.sh
 cat > "$WORK/gw.yaml" <<YAML
-server:
-  listen: [{ addr: "127.0.0.1:$P_GW" }]
-  admin: "127.0.0.1:$P_ADMIN"
-  threads: 1
-  pid_file: $WORK/gw.pid
-  upgrade_sock: $WORK/gw.sock
-  grace_period: 0s
+$(bench_server gw $P_GW $P_ADMIN)
 authenticators:
-  idp:
-    jwt:
-      issuer: "https://bench.test/"
-      algorithms: [RS256]
-      keys: [{ kid: bench, pem_file: "$PWD/tests/fixtures/jwt/rsa.pub.pem" }]
+$(bench_jwt idp RS256 "keys: [{ kid: bench, pem_file: \"$ROOT/tests/fixtures/jwt/rsa.pub.pem\" }]")
 upstreams:
   echo: { targets: ["127.0.0.1:$P_UP"] }
 routes:
   - { id: jwt, match: { path_prefix: /jwt }, upstream: echo, authn: [idp] }
   - { id: bench, match: { path_prefix: / }, upstream: echo, public: true }
 YAML
-head -c 48 /dev/urandom | base64 >"$WORK/audit.key"
-cat > "$WORK/full.yaml" <<YAML
-server:
-  listen: [{ addr: "127.0.0.1:$P_FULL" }]
-  admin: "127.0.0.1:$P_FULL_ADMIN"
-  threads: 1
-  pid_file: $WORK/full.pid
-  upgrade_sock: $WORK/full.sock
-  grace_period: 0s
-audit:
-  file: $WORK/audit.jsonl
-  chain: true
-  hmac_key: { file: "$WORK/audit.key" }
-authenticators:
-  idp:
-    jwt:
-      issuer: "https://bench.test/"
-      algorithms: [RS256]
-      keys: [{ kid: bench, pem_file: "$PWD/tests/fixtures/jwt/rsa.pub.pem" }]
-policies:
-  bench-scope: { scopes_all: [bench] }
-rate_limits:
-  per-subject: { key: subject, rate: 1000000000/h }
-  per-ip: { key: client_ip, rate: 1000000000/h }
-upstreams:
-  echo: { targets: ["127.0.0.1:$P_UP"] }
-routes:
-  - { id: full, match: { path_prefix: /full/, methods: [GET, HEAD] }, upstream: echo, authn: [idp], policy: bench-scope, rate_limits: [per-subject, per-ip] }
-YAML
+bench_full_yaml $P_FULL $P_FULL_ADMIN $P_UP >"$WORK/full.yaml"
 TOKEN=$("${CARGO_TARGET_DIR:-target}/release/examples/mint_tokens" 1 tests/fixtures/jwt/rsa.key bench https://bench.test/)
 cat > "$WORK/load.py" <<'PY'
 import http.client, sys

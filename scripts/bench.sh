@@ -28,6 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh bench
 ROOT=$PWD
+. scripts/bench-lib.sh
 DUR=${DURATION:-8}
 CONN=${CONNECTIONS:-32}
 ROUNDS=${ROUNDS:-3}
@@ -51,28 +52,12 @@ trap cleanup EXIT INT TERM
 
 # --- portcullis: `gw` (no audit) for S1–S4, S7 and the memory runs; `full` (audit file with
 # HMAC chain) for S5 and S6. Route prefixes match the peers'.
-JWT_AUTHN() { # name alg key_file [extra]
-  cat <<YAML
-  $1:
-    jwt:
-      issuer: "https://bench.test/"
-      algorithms: [$2]
-      $3
-${4:-}
-YAML
-}
 cat >"$WORK/gw.yaml" <<YAML
-server:
-  listen: [{ addr: "127.0.0.1:$P_GW" }]
-  admin: "127.0.0.1:$P_GW_ADMIN"
-  threads: 1
-  pid_file: $WORK/gw.pid
-  upgrade_sock: $WORK/gw.sock
-  grace_period: 0s
+$(bench_server gw $P_GW $P_GW_ADMIN)
 authenticators:
-$(JWT_AUTHN hs HS256 "hmac_secret: { file: \"$ROOT/benches/peers/hs256.secret\", kid: bench }")
-$(JWT_AUTHN rs RS256 "keys: [{ kid: bench, pem_file: \"$ROOT/tests/fixtures/jwt/rsa.pub.pem\" }]")
-$(JWT_AUTHN es ES256 "keys: [{ kid: bench, pem_file: \"$ROOT/tests/fixtures/jwt/ec256.pub.pem\" }]")
+$(bench_jwt hs HS256 "hmac_secret: { file: \"$ROOT/benches/peers/hs256.secret\", kid: bench }")
+$(bench_jwt rs RS256 "keys: [{ kid: bench, pem_file: \"$ROOT/tests/fixtures/jwt/rsa.pub.pem\" }]")
+$(bench_jwt es ES256 "keys: [{ kid: bench, pem_file: \"$ROOT/tests/fixtures/jwt/ec256.pub.pem\" }]")
 rate_limits:
   per-subject: { key: subject, rate: 1000000000/h }
   one-per-hour: { key: client_ip, rate: 1/h }
@@ -88,33 +73,7 @@ routes:
   - { id: limited, match: { path_prefix: /limited/ }, upstream: echo, public: true, rate_limits: [one-per-hour] }
   - { id: keys, match: { path_prefix: /keys/ }, upstream: echo, public: true, rate_limits: [per-client-key] }
 YAML
-head -c 48 /dev/urandom | base64 >"$WORK/audit.key"
-cat >"$WORK/full.yaml" <<YAML
-server:
-  listen: [{ addr: "127.0.0.1:$P_FULL" }]
-  admin: "127.0.0.1:$P_FULL_ADMIN"
-  threads: 1
-  pid_file: $WORK/full.pid
-  upgrade_sock: $WORK/full.sock
-  grace_period: 0s
-audit:
-  file: $WORK/audit.jsonl
-  chain: true
-  hmac_key: { file: "$WORK/audit.key" }
-authenticators:
-$(JWT_AUTHN rs RS256 "keys: [{ kid: bench, pem_file: \"$ROOT/tests/fixtures/jwt/rsa.pub.pem\" }]")
-$(JWT_AUTHN rs-nocache RS256 "keys: [{ kid: bench, pem_file: \"$ROOT/tests/fixtures/jwt/rsa.pub.pem\" }]" "      token_cache: 0")
-policies:
-  bench-scope: { scopes_all: [bench] }
-rate_limits:
-  per-subject: { key: subject, rate: 1000000000/h }
-  per-ip: { key: client_ip, rate: 1000000000/h }
-upstreams:
-  echo: { targets: ["127.0.0.1:$P_UP"] }
-routes:
-  - { id: full, match: { path_prefix: /full/, methods: [GET, HEAD] }, upstream: echo, authn: [rs], policy: bench-scope, rate_limits: [per-subject, per-ip] }
-  - { id: full-nocache, match: { path_prefix: /full-nocache/, methods: [GET, HEAD] }, upstream: echo, authn: [rs-nocache], policy: bench-scope, rate_limits: [per-subject, per-ip] }
-YAML
+bench_full_yaml $P_FULL $P_FULL_ADMIN $P_UP >"$WORK/full.yaml"
 $BIN check -c "$WORK/gw.yaml" >/dev/null && $BIN check -c "$WORK/full.yaml" >/dev/null
 
 # --- tokens
@@ -297,7 +256,7 @@ PACED_PID=$PID_GW paced "S1_portcullis@$R1" $P_GW /plain/bench?q=1 "$R1"
 PACED_PID="" paced "S0@$R5" $P_UP /plain/bench?q=1 "$R5"
 PACED_PID=$PID_FULL paced "S5_portcullis@$R5" $P_FULL /full/bench?q=1 "$R5" "$(auth "$TOK_RS")"
 [[ $PEERS == 1 ]] && PACED_PID=$PID_HA paced "S5_haproxy@$R5" $P_HA /full/bench?q=1 "$R5" "$(auth "$TOK_RS")"
-p99_of() { awk -v l="$1" '$1==l { for (i = 2; i <= NF; i++) if ($i ~ /^p99_us=/) { sub(/p99_us=/, "", $i); print $i } }' "$WORK/paced"; }
+p99_of() { awk -v l="$1" '$1==l { for (i = 2; i <= NF; i++) if ($i ~ /^p99_us=/) { sub(/p99_us=/, "", $i); print $i } }' "$WORK/paced" | tail -n 1; }
 ADD1=$(( $(p99_of "S1_portcullis@$R1") - $(p99_of "S0@$R1") ))
 ADD1_BARE=$(( $(p99_of "S1_bare_pingora@$R1") - $(p99_of "S0@$R1") ))
 ADD5=$(( $(p99_of "S5_portcullis@$R5") - $(p99_of "S0@$R5") ))
